@@ -1,0 +1,216 @@
+"""Ingest trajectories into Parquet shards with Ray Data.
+
+Each input trajectory (any format mdtraj reads) is read in chunks by a Ray
+Data task, checked (atom count, finite coordinates, nm units), mapped to CG
+with the mapping matrix and written as one shard per chunk. The manifest
+(counts, names, mapping, per-shard sha256) is written last and the folder is
+renamed into place only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finegrain.platform.mapping import CGMapping
+from finegrain.platform.shards import Manifest, ShardInfo, frames_table, sha256_file
+from finegrain.platform.validation import InputError, check_units_nm, check_xyz
+
+__all__ = ["TrajectorySource", "sources_from_simulation", "ingest", "IngestError"]
+
+
+class IngestError(InputError):
+    """An input file that cannot be ingested (the message names file and frame)."""
+
+
+@dataclass(frozen=True)
+class TrajectorySource:
+    """One trajectory file; ``observables`` is an optional NPZ with
+    ``time_ps`` [F], ``potential_kj_mol`` [F], ``forces_kj_mol_nm`` [F, N, 3]."""
+
+    traj_id: str
+    path: str
+    observables: str | None = None
+
+
+def sources_from_simulation(sim_dir: str | Path) -> tuple[str, str, list[TrajectorySource]]:
+    """(topology path, system name, sources) of a ``finegrain simulate`` output folder."""
+    sim_dir = Path(sim_dir)
+    meta_path = sim_dir / "metadata.json"
+    if not meta_path.is_file():
+        raise IngestError(f"SIM_DIR {sim_dir}: no metadata.json (not a finegrain simulate output)")
+    meta = json.loads(meta_path.read_text())
+    sources = [
+        TrajectorySource(
+            traj_id=f"{meta['system']}-s{meta['config']['seed']}-r{r['replica']:03d}",
+            path=str(sim_dir / r["trajectory"]),
+            observables=str(sim_dir / r["observables"]),
+        )
+        for r in meta["replicas"]
+    ]
+    return str(sim_dir / "topology.pdb"), meta["system"], sources
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _check_source(src: TrajectorySource, top, n_atoms: int) -> None:
+    """Cheap checks in the driver, so bad input fails before any task starts."""
+    import mdtraj as md
+
+    if not Path(src.path).is_file():
+        raise IngestError(f"trajectory {src.path}: file not found")
+    try:
+        first = md.load_frame(src.path, 0, top=top)
+    except (ValueError, IndexError, OSError, RuntimeError, EOFError) as exc:
+        if "shape" in str(exc) or "atoms" in str(exc):
+            raise IngestError(f"trajectory {src.path}: atom count does not match the topology ({n_atoms} atoms): {exc}") from exc
+        raise IngestError(f"trajectory {src.path}: unreadable or empty ({type(exc).__name__}: {exc})") from exc
+    if first.n_atoms != n_atoms:
+        raise IngestError(f"trajectory {src.path}: {first.n_atoms} atoms, topology has {n_atoms}")
+
+
+class _ShardWriter:
+    """Ray Data UDF: one source row in, one metadata row per written shard out."""
+
+    def __init__(self, top_path: str, mapping: dict, system: str, out_dir: str, chunk_frames: int):
+        self.top_path, self.system, self.out_dir, self.chunk = top_path, system, Path(out_dir), chunk_frames
+        self.mapping = CGMapping.from_dict(mapping)
+
+    def __call__(self, batch: dict) -> dict:
+        import mdtraj as md
+
+        rows = {k: [] for k in ("path", "traj_id", "first_frame", "n_rows", "sha256")}
+        top = md.load_topology(self.top_path)
+        bonds = np.array([[b[0].index, b[1].index] for b in top.bonds], dtype=int)
+        for traj_id, path, obs_path in zip(batch["traj_id"], batch["path"], batch["observables"]):
+            obs = dict(np.load(obs_path)) if obs_path else {}
+            start = 0
+            try:
+                for k, chunk in enumerate(md.iterload(path, top=top, chunk=self.chunk)):
+                    self._write(rows, str(traj_id), str(path), k, start, chunk, obs, bonds)
+                    start += chunk.n_frames
+            except InputError:
+                raise
+            except Exception as exc:  # mdtraj raises many types for truncated/corrupt files
+                raise IngestError(f"trajectory {path}: unreadable after frame {start} ({type(exc).__name__}: {exc})") from exc
+            if start == 0:
+                raise IngestError(f"trajectory {path}: no frames")
+            n_obs = len(obs.get("potential_kj_mol", ()))
+            if obs and n_obs != start:
+                raise IngestError(f"trajectory {path}: {start} frames but {obs_path} has {n_obs} (truncated file?)")
+        return rows
+
+    def _write(self, rows, traj_id, path, k, start, chunk, obs, bonds) -> None:
+        xyz = check_xyz(chunk.xyz, chunk.n_atoms, f"trajectory {path} (frames from {start})")
+        if k == 0:
+            check_units_nm(xyz, bonds, f"trajectory {path}")
+        sl = slice(start, start + chunk.n_frames)
+        if obs:
+            time_ps, energy, forces = obs["time_ps"][sl], obs["potential_kj_mol"][sl], obs["forces_kj_mol_nm"][sl]
+            if len(time_ps) != chunk.n_frames:
+                raise IngestError(f"trajectory {path}: more frames than its observables file has ({start + chunk.n_frames}+)")
+        else:
+            time_ps, energy, forces = np.asarray(chunk.time, dtype=np.float64), None, None
+        cg = self.mapping.map(xyz.astype(np.float64))
+        table = frames_table(self.system, traj_id, np.arange(sl.start, sl.stop), time_ps, xyz, cg, energy, forces)
+        rel = f"shards/{_safe(traj_id)}-{k:05d}.parquet"
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, self.out_dir / rel)
+        for key, val in zip(rows, (rel, traj_id, start, chunk.n_frames, sha256_file(self.out_dir / rel))):
+            rows[key].append(val)
+
+
+def ingest(
+    topology: str | Path,
+    sources: list[TrajectorySource],
+    mapping: CGMapping,
+    out: str | Path,
+    system: str = "custom",
+    chunk_frames: int = 1000,
+    overwrite: bool = False,
+) -> Manifest:
+    """Shard ``sources`` into ``out`` with Ray Data; returns the manifest.
+
+    Needs a connected Ray. Raises IngestError (naming the file/frame) on bad
+    input; nothing is left at ``out`` then.
+    """
+    import mdtraj as md
+    import ray.data
+
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite to replace it)")
+    if not sources:
+        raise IngestError("traj: no trajectory given")
+    if len({s.traj_id for s in sources}) != len(sources):
+        raise IngestError("traj: duplicate trajectory ids")
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames: must be >= 1, got {chunk_frames}")
+    try:
+        top = md.load_topology(str(topology))
+    except Exception as exc:
+        raise IngestError(f"topology {topology}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if mapping.n_atoms != top.n_atoms:
+        raise IngestError(f"mapping '{mapping.name}' expects {mapping.n_atoms} atoms, topology {topology} has {top.n_atoms}")
+    for src in sources:
+        _check_source(src, top, top.n_atoms)
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    (tmp / "shards").mkdir(parents=True)
+    try:
+        md.load_frame(sources[0].path, 0, top=top).save_pdb(str(tmp / "topology.pdb"))
+        writer = _ShardWriter(str(tmp / "topology.pdb"), mapping.to_dict(), system, str(tmp), chunk_frames)
+        items = [{"traj_id": s.traj_id, "path": s.path, "observables": s.observables or ""} for s in sources]
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            writer, batch_size=1, num_cpus=1
+        )
+        try:
+            rows = ds.take_all()
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        shards = sorted((ShardInfo(**r) for r in rows), key=lambda s: (s.traj_id, s.first_frame))
+        trajectories: dict[str, int] = {}
+        for s in shards:
+            trajectories[s.traj_id] = trajectories.get(s.traj_id, 0) + s.n_rows
+        manifest = Manifest(
+            system=system,
+            mapping=mapping.to_dict(),
+            n_atoms=top.n_atoms,
+            n_beads=mapping.n_beads,
+            atom_names=[a.name for a in top.atoms],
+            residue_names=[a.residue.name for a in top.atoms],
+            n_frames=sum(trajectories.values()),
+            n_trajectories=len(trajectories),
+            trajectories=trajectories,
+            shards=shards,
+            sources={s.traj_id: str(Path(s.path).resolve()) for s in sources},
+            has_energies=all(s.observables for s in sources),
+        )
+        manifest.save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The InputError inside Ray's wrappers, if any (so the CLI prints its message)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, InputError):
+            return IngestError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    return exc

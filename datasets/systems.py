@@ -1,0 +1,231 @@
+"""Reference systems: topology, force field, starting coordinates and CG mappings.
+
+Everything is built locally. ``adp`` reads the alanine dipeptide files that
+openmmtools ships; ``chignolin`` is grown from its sequence by PDBFixer and
+protonated by OpenMM's Modeller; a user system is a small YAML file::
+
+    name: my_peptide
+    topology: peptide.pdb          # or a .prmtop (then `coordinates:` .inpcrd)
+    forcefield: [amber99sbildn.xml, amber99_obc.xml]   # for PDB topologies
+    implicit_solvent: OBC2         # for prmtop topologies (optional)
+    mappings: {ca: {per_residue: {select: "name CA"}}}
+
+Units: positions in nm.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from finegrain.platform.mapping import CGMapping, MappingError
+
+__all__ = ["ReferenceSystem", "SystemError_", "available_systems", "get_system"]
+
+_THREE = {
+    "A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
+    "H": "HIS", "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER",
+    "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL",
+}
+
+
+class SystemError_(ValueError):
+    """A system name or definition that cannot be built."""
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceSystem:
+    """A molecular system finegrain can simulate, map and backmap.
+
+    Attributes
+    ----------
+    name, description : str
+    topology : openmm.app.Topology
+    positions_nm : ndarray [n_atoms, 3] float64, starting coordinates (nm).
+    mapping_specs : dict name -> CG spec (see finegrain.platform.mapping).
+    definition : dict, the YAML-level definition (portable: rebuilds the system
+        in another process via ``get_system(definition)``).
+    """
+
+    name: str
+    description: str
+    topology: Any
+    positions_nm: np.ndarray
+    mapping_specs: dict[str, dict]
+    definition: dict = field(repr=False)
+    _prmtop: Any = field(default=None, repr=False)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.topology.getNumAtoms()
+
+    @property
+    def md_topology(self):
+        """The topology as an ``mdtraj.Topology``."""
+        import mdtraj as md
+
+        return md.Topology.from_openmm(self.topology)
+
+    def create_system(self, constraints: str | None = "HBonds"):
+        """The OpenMM ``System`` (no cutoff, implicit solvent as defined).
+
+        constraints : "HBonds" (for dynamics), None (for energies of arbitrary
+        frames; constraints never add energy, so both give the same U(x)).
+        """
+        import openmm.app as app
+
+        cons = {None: None, "None": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds, "HAngles": app.HAngles}
+        if constraints not in cons:
+            raise SystemError_(f"constraints: expected one of {sorted(map(str, cons))}, got {constraints!r}")
+        if self._prmtop is not None:
+            solvent = self.definition.get("implicit_solvent")
+            return self._prmtop.createSystem(
+                nonbondedMethod=app.NoCutoff,
+                constraints=cons[constraints],
+                implicitSolvent=getattr(app, solvent) if solvent else None,
+            )
+        ff = app.ForceField(*self.definition["forcefield"])
+        return ff.createSystem(self.topology, nonbondedMethod=app.NoCutoff, constraints=cons[constraints])
+
+    def mapping(self, name_or_path: str | Path) -> CGMapping:
+        """A CG mapping by name (from this system's specs) or from a YAML file."""
+        key = str(name_or_path)
+        if key in self.mapping_specs:
+            return CGMapping.from_spec(self.mapping_specs[key], self.md_topology, name=key)
+        if key.endswith((".yaml", ".yml")) and Path(key).is_file():
+            return CGMapping.from_yaml(key, self.md_topology)
+        raise MappingError(
+            f"mapping: unknown mapping {key!r} for system '{self.name}' "
+            f"(known: {', '.join(self.mapping_specs) or 'none'}; or give a YAML file)"
+        )
+
+
+def _builtin_definitions() -> dict[str, dict]:
+    text = importlib.resources.files("finegrain.datasets").joinpath("reference_systems.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def available_systems() -> dict[str, dict]:
+    """Built-in system definitions by name (description and mapping names)."""
+    return _builtin_definitions()
+
+
+def get_system(name_or_definition: str | Path | dict) -> ReferenceSystem:
+    """Build a system from a built-in name, a YAML file or a definition dict."""
+    if isinstance(name_or_definition, dict):
+        definition, base = dict(name_or_definition), Path(name_or_definition.get("_base", "."))
+    else:
+        key = str(name_or_definition)
+        builtins = _builtin_definitions()
+        if key in builtins:
+            definition, base = dict(builtins[key], name=key), Path(".")
+        elif key.endswith((".yaml", ".yml")):
+            path = Path(key)
+            try:
+                definition = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError) as exc:
+                raise SystemError_(f"system file {path}: cannot read ({exc})") from exc
+            if not isinstance(definition, dict):
+                raise SystemError_(f"system file {path}: expected a mapping at the top level")
+            definition.setdefault("name", path.stem)
+            base = path.resolve().parent
+            definition["_base"] = str(base)
+        else:
+            raise SystemError_(f"system: unknown system {key!r} (built-in: {', '.join(builtins)}; or a YAML file)")
+    topology, positions, prmtop = _build(definition, base)
+    return ReferenceSystem(
+        name=str(definition["name"]),
+        description=str(definition.get("description", "")),
+        topology=topology,
+        positions_nm=positions,
+        mapping_specs=dict(definition.get("mappings") or {}),
+        definition=definition,
+        _prmtop=prmtop,
+    )
+
+
+def _build(defn: dict, base: Path):
+    import openmm.app as app
+    import openmm.unit as u
+
+    name = defn.get("name", "?")
+    if "files" in defn:
+        spec = importlib.util.find_spec(defn["files"]["package"])
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemError_(f"system '{name}': package {defn['files']['package']!r} is not installed")
+        pdb = app.PDBFile(str(Path(spec.submodule_search_locations[0]) / defn["files"]["pdb"]))
+        return pdb.topology, _nm(pdb.positions), None
+    if "sequence" in defn:
+        top, pos = _grow_peptide(defn["sequence"], defn["forcefield"])
+        return top, pos, None
+    if "topology" not in defn:
+        raise SystemError_(f"system '{name}': needs one of 'topology', 'sequence' or 'files'")
+    path = (base / defn["topology"]).resolve()
+    if not path.is_file():
+        raise SystemError_(f"system '{name}': topology file {path} not found")
+    if path.suffix in (".prmtop", ".parm7"):
+        if "coordinates" not in defn:
+            raise SystemError_(f"system '{name}': a prmtop topology needs 'coordinates' (.inpcrd/.rst7)")
+        prmtop = app.AmberPrmtopFile(str(path))
+        crd = app.AmberInpcrdFile(str((base / defn["coordinates"]).resolve()))
+        return prmtop.topology, _nm(crd.positions), prmtop
+    if "forcefield" not in defn:
+        raise SystemError_(f"system '{name}': a PDB topology needs 'forcefield' (list of OpenMM XML files)")
+    pdb = app.PDBFile(str(path))
+    return pdb.topology, np.asarray(pdb.positions.value_in_unit(u.nanometer), dtype=np.float64), None
+
+
+def _nm(positions) -> np.ndarray:
+    import openmm.unit as u
+
+    return np.asarray(positions.value_in_unit(u.nanometer), dtype=np.float64)
+
+
+def _grow_peptide(sequence: str, forcefield: list[str]):
+    """Grow a linear peptide from its one-letter sequence offline.
+
+    PDBFixer builds missing residues between the first and last residue's
+    backbone (placed off-axis, 1.3 nm apart) from its templates; Modeller
+    adds hydrogens at pH 7; a short minimisation removes the worst clashes.
+    """
+    import openmm as mm
+    import openmm.app as app
+    from pdbfixer import PDBFixer
+
+    try:
+        res = [_THREE[c] for c in sequence.upper()]
+    except KeyError as exc:
+        raise SystemError_(f"sequence: unknown residue letter {exc.args[0]!r} in {sequence!r}") from None
+    if len(res) < 2:
+        raise SystemError_(f"sequence: need at least 2 residues, got {sequence!r}")
+    lines = []
+    for i in range(0, len(res), 13):
+        lines.append(f"SEQRES {i // 13 + 1:3d} A {len(res):4d}  " + " ".join(res[i:i + 13]))
+    backbone = [("N", 0.0, 0.0, 0.0), ("CA", 1.458, 0.0, 0.0), ("C", 2.009, 1.42, 0.0), ("O", 1.251, 2.39, 0.0)]
+    serial = 1
+    for resi, shift in ((1, (0.0, 0.0, 0.0)), (len(res), (12.0, 6.0, 3.0))):
+        for atom, x, y, z in backbone:
+            lines.append(
+                f"ATOM  {serial:5d}  {atom:<3s} {res[resi - 1]} A{resi:4d}    "
+                f"{x + shift[0]:8.3f}{y + shift[1]:8.3f}{z + shift[2]:8.3f}  1.00  0.00"
+            )
+            serial += 1
+    lines.append("END")
+    fixer = PDBFixer(pdbfile=io.StringIO("\n".join(lines) + "\n"))
+    fixer.findMissingResidues()
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms()
+    fixer.addMissingHydrogens(7.0)
+    ff = app.ForceField(*forcefield)
+    system = ff.createSystem(fixer.topology, nonbondedMethod=app.NoCutoff, constraints=None)
+    ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(fixer.positions)
+    mm.LocalEnergyMinimizer.minimize(ctx, maxIterations=500)
+    return fixer.topology, _nm(ctx.getState(getPositions=True).getPositions())

@@ -1,0 +1,240 @@
+"""Linear coarse-grained mappings y = C x.
+
+A CG mapping is one ``[n_beads, n_atoms]`` matrix ``C`` acting identically on
+x, y and z: ``y[b] = sum_i C[b, i] x[i]``. Slices, centres of mass, centres of
+geometry and explicit weights are all rows of that matrix. Rows sum to one,
+so the map commutes with translations.
+
+Spec language (YAML or dict), one of three forms::
+
+    beads:                       # explicit beads
+      - {name: CA2, select: "resname ALA and name CA"}   # mdtraj selection
+      - {name: X, atoms: [0, "ALA2-CB"], weights: mass}  # indices / atom names
+    per_residue: {select: "name CA", weights: geometry}  # one bead per residue
+    per_atom: {select: "not element H"}                  # one bead per atom
+
+``weights`` is ``mass`` (centre of mass), ``geometry`` (centre of geometry,
+the default) or a list of numbers (normalised to sum to one).
+
+Seed 000: for a full-row-rank C, the pseudo-inverse C+ and an orthonormal
+basis N of ker C give every point of the fibre M^-1(y) as x = C+ y + N eta.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CGMapping", "MappingError"]
+
+
+class MappingError(ValueError):
+    """A mapping spec that cannot be applied to a topology."""
+
+
+@dataclass(frozen=True, eq=False)
+class CGMapping:
+    """A linear CG operator.
+
+    Attributes
+    ----------
+    name : str
+    matrix : ndarray [n_beads, n_atoms], float64, rows summing to one.
+    bead_names : tuple[str, ...] of length n_beads.
+    """
+
+    name: str
+    matrix: np.ndarray
+    bead_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        m = np.asarray(self.matrix, dtype=np.float64)
+        if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
+            raise MappingError(f"mapping '{self.name}': matrix must be [n_beads, n_atoms], got shape {m.shape}")
+        if len(self.bead_names) != m.shape[0]:
+            raise MappingError(
+                f"mapping '{self.name}': {len(self.bead_names)} bead names for {m.shape[0]} matrix rows"
+            )
+        if not np.all(np.isfinite(m)):
+            raise MappingError(f"mapping '{self.name}': matrix has non-finite entries")
+        bad = np.flatnonzero(np.abs(m.sum(axis=1) - 1.0) > 1e-8)
+        if bad.size:
+            raise MappingError(
+                f"mapping '{self.name}': rows of beads {[self.bead_names[i] for i in bad]} do not sum to 1"
+            )
+        m.setflags(write=False)
+        object.__setattr__(self, "matrix", m)
+        object.__setattr__(self, "bead_names", tuple(self.bead_names))
+
+    @property
+    def n_beads(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.matrix.shape[1]
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], topology, name: str = "custom") -> "CGMapping":
+        """Build from a spec dict (see module docstring) and an mdtraj Topology."""
+        if not isinstance(spec, dict):
+            raise MappingError(f"mapping '{name}': spec must be a mapping, got {type(spec).__name__}")
+        forms = [k for k in ("beads", "per_residue", "per_atom") if k in spec]
+        if len(forms) != 1:
+            raise MappingError(
+                f"mapping '{name}': spec needs exactly one of 'beads', 'per_residue', 'per_atom'; got {sorted(spec)}"
+            )
+        form = forms[0]
+        masses = np.array([a.element.mass if a.element is not None else 0.0 for a in topology.atoms])
+        rows: list[np.ndarray] = []
+        names: list[str] = []
+        if form == "beads":
+            for k, bead in enumerate(spec["beads"]):
+                bname = str(bead.get("name", f"B{k}"))
+                idx = _bead_atoms(bead, topology, f"mapping '{name}', bead '{bname}'")
+                rows.append(_row(idx, bead.get("weights", "geometry"), masses, topology.n_atoms, f"mapping '{name}', bead '{bname}'"))
+                names.append(bname)
+        else:
+            sub = spec[form] or {}
+            sel = _select(topology, sub.get("select", "all"), f"mapping '{name}'")
+            if form == "per_atom":
+                for i in sel:
+                    rows.append(_row([i], "geometry", masses, topology.n_atoms, name))
+                    names.append(str(topology.atom(int(i))))
+            else:
+                chosen = set(int(i) for i in sel)
+                for res in topology.residues:
+                    idx = [a.index for a in res.atoms if a.index in chosen]
+                    if not idx:
+                        continue
+                    where = f"mapping '{name}', residue {res}"
+                    rows.append(_row(idx, sub.get("weights", "geometry"), masses, topology.n_atoms, where))
+                    names.append(str(res))
+        if not rows:
+            raise MappingError(f"mapping '{name}': spec produced no beads")
+        return cls(name=name, matrix=np.stack(rows), bead_names=tuple(names))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, topology) -> "CGMapping":
+        """Load a spec from a YAML file; the mapping is named after the file stem."""
+        import yaml
+
+        path = Path(path)
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise MappingError(f"mapping file {path}: cannot read ({exc})") from exc
+        return cls.from_spec(spec, topology, name=spec.get("name", path.stem) if isinstance(spec, dict) else path.stem)
+
+    # -- application ------------------------------------------------------
+    def map(self, xyz):
+        """Map atom coordinates to beads.
+
+        xyz : array [..., n_atoms, 3] (numpy or torch), any length unit.
+        Returns [..., n_beads, 3] in the same unit and array type.
+        """
+        if xyz.shape[-2:] != (self.n_atoms, 3):
+            raise MappingError(
+                f"xyz: expected shape [..., {self.n_atoms}, 3] for mapping '{self.name}', got {tuple(xyz.shape)}"
+            )
+        if isinstance(xyz, np.ndarray):
+            return np.einsum("bi,...ic->...bc", self.matrix.astype(xyz.dtype, copy=False), xyz)
+        import torch
+
+        m = torch.as_tensor(self.matrix, dtype=xyz.dtype, device=xyz.device)
+        return torch.einsum("bi,...ic->...bc", m, xyz)
+
+    def pseudo_inverse(self) -> np.ndarray:
+        """Moore-Penrose pseudo-inverse C+, [n_atoms, n_beads]."""
+        return np.linalg.pinv(self.matrix)
+
+    def null_space(self) -> np.ndarray:
+        """Orthonormal basis of ker C, [n_atoms, n_atoms - rank(C)] (seed 000)."""
+        _, s, vt = np.linalg.svd(self.matrix)
+        rank = int(np.sum(s > s.max() * max(self.matrix.shape) * np.finfo(float).eps))
+        return vt[rank:].T.copy()
+
+    def fibre_points(self, y: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        """Points x = C+ y + N eta of the fibre over y.
+
+        y : [F, n_beads, 3]; eta : [F, n_atoms - rank, 3] null-space coordinates.
+        Returns x : [F, n_atoms, 3] with C x = y exactly (up to round-off) when
+        C has full row rank.
+        """
+        y = np.asarray(y, dtype=np.float64)
+        basis = self.null_space()
+        if y.ndim != 3 or y.shape[1:] != (self.n_beads, 3):
+            raise MappingError(f"y: expected shape [F, {self.n_beads}, 3], got {y.shape}")
+        eta = np.asarray(eta, dtype=np.float64)
+        if eta.shape != (y.shape[0], basis.shape[1], 3):
+            raise MappingError(f"eta: expected shape [{y.shape[0]}, {basis.shape[1]}, 3], got {eta.shape}")
+        return np.einsum("ib,fbc->fic", self.pseudo_inverse(), y) + np.einsum("ik,fkc->fic", basis, eta)
+
+    def sample_fibre(self, y: np.ndarray, scale: float | np.ndarray = 0.1, seed: int | None = None) -> np.ndarray:
+        """Sample x = C+ y + N eta with Gaussian eta of standard deviation ``scale`` (nm)."""
+        y = np.asarray(y, dtype=np.float64)
+        rng = np.random.default_rng(seed)
+        k = self.null_space().shape[1]
+        return self.fibre_points(y, rng.normal(size=(y.shape[0], k, 3)) * scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bead_names": list(self.bead_names), "matrix": self.matrix.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CGMapping":
+        return cls(name=d["name"], matrix=np.asarray(d["matrix"], dtype=np.float64), bead_names=tuple(d["bead_names"]))
+
+
+def _select(topology, selection: str, where: str) -> np.ndarray:
+    try:
+        idx = topology.select(selection)
+    except Exception as exc:  # mdtraj raises several types for bad DSL
+        raise MappingError(f"{where}: invalid selection {selection!r} ({exc})") from exc
+    if idx.size == 0:
+        names = sorted({a.name for a in topology.atoms})
+        raise MappingError(f"{where}: selection {selection!r} matched no atom (atom names present: {', '.join(names)})")
+    return idx
+
+
+def _bead_atoms(bead: dict[str, Any], topology, where: str) -> list[int]:
+    if ("select" in bead) == ("atoms" in bead):
+        raise MappingError(f"{where}: give exactly one of 'select' or 'atoms'")
+    if "select" in bead:
+        return [int(i) for i in _select(topology, bead["select"], where)]
+    out = []
+    for a in bead["atoms"]:
+        if isinstance(a, (int, np.integer)):
+            if not 0 <= a < topology.n_atoms:
+                raise MappingError(f"{where}: atom index {a} out of range [0, {topology.n_atoms})")
+            out.append(int(a))
+            continue
+        hits = [x.index for x in topology.atoms if str(x) == a] or [x.index for x in topology.atoms if x.name == a]
+        if len(hits) != 1:
+            problem = "unknown atom name" if not hits else f"ambiguous atom name ({len(hits)} atoms; use RESNAMEresSeq-NAME)"
+            raise MappingError(f"{where}: {problem} {a!r}")
+        out.append(hits[0])
+    return out
+
+
+def _row(idx, weights, masses: np.ndarray, n_atoms: int, where: str) -> np.ndarray:
+    idx = np.asarray(idx, dtype=int)
+    if isinstance(weights, str):
+        if weights == "mass":
+            w = masses[idx]
+        elif weights == "geometry":
+            w = np.ones(idx.size)
+        else:
+            raise MappingError(f"{where}: weights must be 'mass', 'geometry' or a list, got {weights!r}")
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != idx.shape:
+            raise MappingError(f"{where}: {w.size} weights for {idx.size} atoms")
+    if not np.isfinite(w).all() or w.sum() <= 0:
+        raise MappingError(f"{where}: weights must be finite with a positive sum")
+    row = np.zeros(n_atoms)
+    np.add.at(row, idx, w / w.sum())
+    return row

@@ -1,0 +1,314 @@
+"""Trajectory frames as Arrow/Parquet shards: schema, manifest, readers, pairs.
+
+A shard folder holds ``shards/*.parquet`` (each shard: contiguous frames of
+one trajectory) and ``manifest.json``. One row per frame:
+
+=================  ===============================  ==========
+column             type                             unit
+=================  ===============================  ==========
+system             string
+traj_id            string
+frame              int32 (index in its trajectory)
+time_ps            float64                          ps
+aa_xyz_nm          fixed_size_list<float32>[3N]     nm, atom-major xyz
+cg_xyz_nm          fixed_size_list<float32>[3n]     nm, bead-major xyz
+energy_kj_mol      float64, nullable                kJ/mol
+forces             fixed_size_list<float32>[3N],    kJ/mol/nm
+                   nullable
+=================  ===============================  ==========
+
+Temporal pairs (AA(t-lag), CG(t), AA(t)) never cross trajectories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "Manifest",
+    "ShardInfo",
+    "frame_schema",
+    "frames_table",
+    "sha256_file",
+    "read_frames",
+    "split_trajectories",
+    "temporal_pairs",
+    "pair_dataset",
+    "iter_pair_batches",
+    "unflatten_pair_batch",
+]
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation", "test")
+
+
+def frame_schema(n_atoms: int, n_beads: int) -> pa.Schema:
+    """The Arrow schema of a frame row for ``n_atoms`` atoms and ``n_beads`` beads."""
+    return pa.schema(
+        [
+            pa.field("system", pa.string(), nullable=False),
+            pa.field("traj_id", pa.string(), nullable=False),
+            pa.field("frame", pa.int32(), nullable=False),
+            pa.field("time_ps", pa.float64(), nullable=False),
+            pa.field("aa_xyz_nm", pa.list_(pa.float32(), 3 * n_atoms), nullable=False),
+            pa.field("cg_xyz_nm", pa.list_(pa.float32(), 3 * n_beads), nullable=False),
+            pa.field("energy_kj_mol", pa.float64()),
+            pa.field("forces", pa.list_(pa.float32(), 3 * n_atoms)),
+        ],
+        metadata={b"units": b"xyz nm, time ps, energy kJ/mol, forces kJ/mol/nm"},
+    )
+
+
+def _fixed(arr: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), width)
+
+
+def frames_table(
+    system: str,
+    traj_id: str,
+    frame: np.ndarray,
+    time_ps: np.ndarray,
+    aa_xyz_nm: np.ndarray,
+    cg_xyz_nm: np.ndarray,
+    energy_kj_mol: np.ndarray | None = None,
+    forces: np.ndarray | None = None,
+) -> pa.Table:
+    """Build a frame table. aa_xyz_nm [F, N, 3]; cg_xyz_nm [F, n, 3]; forces [F, N, 3] or None."""
+    f, n_atoms, _ = aa_xyz_nm.shape
+    n_beads = cg_xyz_nm.shape[1]
+    schema = frame_schema(n_atoms, n_beads)
+    cols = [
+        pa.array([system] * f, pa.string()),
+        pa.array([traj_id] * f, pa.string()),
+        pa.array(np.asarray(frame, dtype=np.int32)),
+        pa.array(np.asarray(time_ps, dtype=np.float64)),
+        _fixed(aa_xyz_nm, 3 * n_atoms),
+        _fixed(cg_xyz_nm, 3 * n_beads),
+        pa.array(energy_kj_mol, pa.float64()) if energy_kj_mol is not None else pa.nulls(f, pa.float64()),
+        _fixed(forces, 3 * n_atoms) if forces is not None else pa.nulls(f, schema.field("forces").type),
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the shard folder
+    traj_id: str
+    first_frame: int
+    n_rows: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """What a shard folder holds; written last, so its presence means complete."""
+
+    system: str
+    mapping: dict[str, Any]  # CGMapping.to_dict(): name, bead_names, matrix
+    n_atoms: int
+    n_beads: int
+    atom_names: list[str]
+    residue_names: list[str]
+    n_frames: int
+    n_trajectories: int
+    trajectories: dict[str, int]  # traj_id -> n_frames
+    shards: list[ShardInfo]
+    sources: dict[str, str] = field(default_factory=dict)  # traj_id -> source file
+    topology_pdb: str = "topology.pdb"
+    has_energies: bool = False
+    schema_version: int = 1
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / MANIFEST).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"shard folder {folder}: no {MANIFEST} (not an ingest output, or incomplete)")
+        d = json.loads(path.read_text())
+        d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        return cls(**d)
+
+    @property
+    def digest(self) -> str:
+        """A hash of the data set: the shards' hashes in order (for MLflow tags)."""
+        return hashlib.sha256("".join(s.sha256 for s in self.shards).encode()).hexdigest()[:16]
+
+    def verify(self, folder: str | Path) -> None:
+        """Recompute row counts and hashes; raise ValueError naming the first bad shard."""
+        for s in self.shards:
+            p = Path(folder) / s.path
+            if not p.is_file():
+                raise ValueError(f"shard {p}: missing")
+            if sha256_file(p) != s.sha256:
+                raise ValueError(f"shard {p}: sha256 differs from the manifest")
+            if pq.ParquetFile(p).metadata.num_rows != s.n_rows:
+                raise ValueError(f"shard {p}: row count differs from the manifest")
+
+    def shard_paths(self, folder: str | Path, traj_ids: list[str] | None = None) -> list[str]:
+        keep = None if traj_ids is None else set(traj_ids)
+        return [str(Path(folder) / s.path) for s in self.shards if keep is None or s.traj_id in keep]
+
+
+def read_frames(folder: str | Path, traj_ids: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read frames in-process, sorted by (traj_id, frame).
+
+    Returns traj_id [F] (str), frame [F], time_ps [F], aa_xyz_nm [F, N, 3],
+    cg_xyz_nm [F, n, 3], energy_kj_mol [F] (NaN where unknown).
+    """
+    man = Manifest.load(folder)
+    paths = man.shard_paths(folder, traj_ids)
+    if not paths:
+        raise ValueError(f"shard folder {folder}: no shard for trajectories {traj_ids}")
+    table = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by([("traj_id", "ascending"), ("frame", "ascending")])
+    return _columns(table, man.n_atoms, man.n_beads)
+
+
+def _columns(table: pa.Table, n_atoms: int, n_beads: int) -> dict[str, np.ndarray]:
+    def xyz(name: str, n: int) -> np.ndarray:
+        col = table.column(name).combine_chunks()
+        return col.values.to_numpy(zero_copy_only=False).reshape(len(table), n, 3)
+
+    energy = table.column("energy_kj_mol").to_numpy(zero_copy_only=False)
+    return {
+        "traj_id": np.asarray(table.column("traj_id").to_pylist()),
+        "frame": table.column("frame").to_numpy(),
+        "time_ps": table.column("time_ps").to_numpy(),
+        "aa_xyz_nm": xyz("aa_xyz_nm", n_atoms),
+        "cg_xyz_nm": xyz("cg_xyz_nm", n_beads),
+        "energy_kj_mol": np.asarray(energy, dtype=np.float64),
+    }
+
+
+def split_trajectories(
+    manifest: Manifest, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[str]]:
+    """Assign whole trajectories to train/validation/test (never frames of one to two splits).
+
+    With fewer trajectories than splits, later splits may be empty; train
+    always gets at least one trajectory.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions: three non-negative numbers summing to 1, got {fractions}")
+    ids = sorted(manifest.trajectories)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n = len(order)
+    n_val = int(round(fractions[1] * n)) if n > 1 else 0
+    n_test = int(round(fractions[2] * n)) if n > 2 else 0
+    if fractions[1] > 0 and n >= 3:
+        n_val = max(n_val, 1)
+    if fractions[2] > 0 and n >= 3:
+        n_test = max(n_test, 1)
+    n_train = max(n - n_val - n_test, 1)
+    return {
+        "train": sorted(order[:n_train]),
+        "validation": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.ndarray]:
+    """Pairs (AA(t-lag), CG(t), AA(t)) within trajectories.
+
+    frames: columns as returned by :func:`read_frames` (any order). A pair is
+    made only when both frames share ``traj_id`` and their ``frame`` indices
+    differ by exactly ``lag``. Returns aa_prev [P, N, 3], cg [P, n, 3], aa [P, N, 3],
+    traj_id [P], frame [P] (index of frame t).
+    """
+    if lag < 1:
+        raise ValueError(f"lag: must be >= 1, got {lag}")
+    traj = np.asarray(frames["traj_id"])
+    frame = np.asarray(frames["frame"], dtype=np.int64)
+    order = np.lexsort((frame, traj))
+    traj, frame = traj[order], frame[order]
+    # map (traj, frame) -> row; pairs where (traj, frame - lag) exists
+    key = {(t, f): i for i, (t, f) in enumerate(zip(traj.tolist(), frame.tolist()))}
+    cur, prev = [], []
+    for i, (t, f) in enumerate(zip(traj.tolist(), frame.tolist())):
+        j = key.get((t, f - lag))
+        if j is not None:
+            cur.append(i)
+            prev.append(j)
+    cur_rows, prev_rows = order[np.asarray(cur, dtype=int)], order[np.asarray(prev, dtype=int)]
+    return {
+        "aa_prev": frames["aa_xyz_nm"][prev_rows],
+        "cg": frames["cg_xyz_nm"][cur_rows],
+        "aa": frames["aa_xyz_nm"][cur_rows],
+        "traj_id": np.asarray(frames["traj_id"])[cur_rows],
+        "frame": np.asarray(frames["frame"])[cur_rows],
+    }
+
+
+def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: int = 0,
+                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+    """A Ray Dataset of temporal pairs for one split (for ``get_dataset_shard``).
+
+    Columns: aa_prev, cg, aa (flat float32, reshape with
+    :func:`unflatten_pair_batch`) and frame (index of frame t). Frames are grouped by
+    trajectory before pairing, so no pair crosses a trajectory or a shard edge.
+    """
+    import ray.data
+
+    man = Manifest.load(folder)
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    ids = split_trajectories(man, fractions, seed)[split]
+    if not ids:
+        raise ValueError(f"split {split!r} of {folder} has no trajectory ({man.n_trajectories} in all)")
+    n_atoms, n_beads = man.n_atoms, man.n_beads
+
+    def to_pairs(batch: pa.Table) -> dict[str, np.ndarray]:
+        p = temporal_pairs(_columns(batch, n_atoms, n_beads), lag)
+        return {
+            "aa_prev": p["aa_prev"].reshape(len(p["frame"]), -1),
+            "cg": p["cg"].reshape(len(p["frame"]), -1),
+            "aa": p["aa"].reshape(len(p["frame"]), -1),
+            "frame": p["frame"],
+        }
+
+    ds = ray.data.read_parquet(man.shard_paths(folder, ids), columns=["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"])
+    return ds.groupby("traj_id").map_groups(to_pairs, batch_format="pyarrow")
+
+
+def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):
+    """(aa_prev [B, N, 3], cg [B, n, 3], aa [B, N, 3]) from a flat pair batch (numpy or torch)."""
+    b = batch["aa"].shape[0]
+    return (
+        batch["aa_prev"].reshape(b, n_atoms, 3),
+        batch["cg"].reshape(b, n_beads, 3),
+        batch["aa"].reshape(b, n_atoms, 3),
+    )
+
+
+def iter_pair_batches(folder: str | Path, split: str = "train", lag: int = 1, batch_size: int = 64,
+                      shuffle: bool = True, seed: int = 0, device: str = "cpu",
+                      fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Iterator[tuple]:
+    """In-process torch batches (aa_prev, cg, aa), each [B, *, 3] float32, for one epoch."""
+    import torch
+
+    man = Manifest.load(folder)
+    ids = split_trajectories(man, fractions, seed)[split]
+    pairs = temporal_pairs(read_frames(folder, ids), lag)
+    n = len(pairs["frame"])
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        rows = order[start : start + batch_size]
+        yield tuple(torch.from_numpy(np.ascontiguousarray(pairs[k][rows])).to(device) for k in ("aa_prev", "cg", "aa"))
