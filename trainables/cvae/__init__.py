@@ -1,0 +1,36 @@
+"""Temporally coherent conditional VAE backmapper (paper 001, SI 4.1).
+
+Public API: :class:`CVAEConfig` (Table 1 presets), :class:`CVAE` (model),
+:class:`CVAEOutput`, and the loss functions of eq. 3.
+"""
+
+from finegrain.trainables.cvae.config import CVAEConfig
+from finegrain.trainables.cvae.losses import (
+    aa_loss,
+    cg_loss,
+    distance_matrix,
+    edm_loss,
+    energy_loss,
+    kld_loss,
+    map_to_cg,
+    total_loss,
+    vox_loss,
+)
+from finegrain.trainables.cvae.model import CVAE, CVAEOutput, LayerNorm3d, ResidualBlock3d
+
+__all__ = [
+    "CVAEConfig",
+    "CVAE",
+    "CVAEOutput",
+    "LayerNorm3d",
+    "ResidualBlock3d",
+    "vox_loss",
+    "aa_loss",
+    "cg_loss",
+    "edm_loss",
+    "energy_loss",
+    "kld_loss",
+    "distance_matrix",
+    "map_to_cg",
+    "total_loss",
+]
