@@ -62,6 +62,24 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def dcd_declared_frames(path: str | Path) -> int | None:
+    """Frame count a DCD header declares (NSET), or None if not a DCD / not declared.
+
+    mdtraj reads as many whole frames as the file holds, so a truncated DCD
+    loads silently short; comparing with NSET catches it.
+    """
+    import struct
+
+    if Path(path).suffix.lower() != ".dcd":
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if len(head) < 12 or head[4:8] != b"CORD":
+        return None
+    (nset,) = struct.unpack("<i", head[8:12])
+    return nset if nset > 0 else None
+
+
 def _check_source(src: TrajectorySource, top, n_atoms: int) -> None:
     """Cheap checks in the driver, so bad input fails before any task starts."""
     import mdtraj as md
@@ -86,31 +104,45 @@ class _ShardWriter:
         self.mapping = CGMapping.from_dict(mapping)
 
     def __call__(self, batch: dict) -> dict:
+        """Bad input is reported as data (column ``error``), so the driver can
+        raise it with its message intact whatever Ray wraps around task errors."""
         import mdtraj as md
 
-        rows = {k: [] for k in ("path", "traj_id", "first_frame", "n_rows", "sha256")}
+        rows = {k: [] for k in ("path", "traj_id", "first_frame", "n_rows", "sha256", "error")}
         top = md.load_topology(self.top_path)
         bonds = np.array([[b[0].index, b[1].index] for b in top.bonds], dtype=int)
         for traj_id, path, obs_path in zip(batch["traj_id"], batch["path"], batch["observables"]):
-            obs = dict(np.load(obs_path)) if obs_path else {}
-            start = 0
             try:
-                for k, chunk in enumerate(md.iterload(path, top=top, chunk=self.chunk)):
-                    self._write(rows, str(traj_id), str(path), k, start, chunk, obs, bonds)
-                    start += chunk.n_frames
-            except InputError:
-                raise
-            except Exception as exc:  # mdtraj raises many types for truncated/corrupt files
-                raise IngestError(f"trajectory {path}: unreadable after frame {start} ({type(exc).__name__}: {exc})") from exc
-            if start == 0:
-                raise IngestError(f"trajectory {path}: no frames")
-            n_obs = len(obs.get("potential_kj_mol", ()))
-            if obs and n_obs != start:
-                raise IngestError(f"trajectory {path}: {start} frames but {obs_path} has {n_obs} (truncated file?)")
+                self._source(rows, str(traj_id), str(path), str(obs_path), top, bonds)
+            except InputError as exc:
+                for key, val in zip(rows, ("", str(traj_id), 0, 0, "", str(exc))):
+                    rows[key].append(val)
         return rows
 
+    def _source(self, rows, traj_id, path, obs_path, top, bonds) -> None:
+        import mdtraj as md
+
+        obs = dict(np.load(obs_path)) if obs_path else {}
+        start = 0
+        try:
+            for k, chunk in enumerate(md.iterload(path, top=top, chunk=self.chunk)):
+                self._write(rows, traj_id, path, k, start, chunk, obs, bonds)
+                start += chunk.n_frames
+        except InputError:
+            raise
+        except Exception as exc:  # mdtraj raises many types for truncated/corrupt files
+            raise IngestError(f"trajectory {path}: unreadable after frame {start} ({type(exc).__name__}: {exc})") from exc
+        if start == 0:
+            raise IngestError(f"trajectory {path}: no frames")
+        declared = dcd_declared_frames(path)
+        if declared is not None and declared != start:
+            raise IngestError(f"trajectory {path}: truncated (header declares {declared} frames, file holds {start})")
+        n_obs = len(obs.get("potential_kj_mol", ()))
+        if obs and n_obs != start:
+            raise IngestError(f"trajectory {path}: {start} frames but {obs_path} has {n_obs} (truncated file?)")
+
     def _write(self, rows, traj_id, path, k, start, chunk, obs, bonds) -> None:
-        xyz = check_xyz(chunk.xyz, chunk.n_atoms, f"trajectory {path} (frames from {start})")
+        xyz = check_xyz(chunk.xyz, chunk.n_atoms, f"trajectory {path}", frame_offset=start)
         if k == 0:
             check_units_nm(xyz, bonds, f"trajectory {path}")
         sl = slice(start, start + chunk.n_frames)
@@ -126,7 +158,7 @@ class _ShardWriter:
         import pyarrow.parquet as pq
 
         pq.write_table(table, self.out_dir / rel)
-        for key, val in zip(rows, (rel, traj_id, start, chunk.n_frames, sha256_file(self.out_dir / rel))):
+        for key, val in zip(rows, (rel, traj_id, start, chunk.n_frames, sha256_file(self.out_dir / rel), "")):
             rows[key].append(val)
 
 
@@ -174,11 +206,12 @@ def ingest(
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             writer, batch_size=1, num_cpus=1
         )
-        try:
-            rows = ds.take_all()
-        except Exception as exc:
-            raise _unwrap(exc) from None
-        shards = sorted((ShardInfo(**r) for r in rows), key=lambda s: (s.traj_id, s.first_frame))
+        rows = ds.take_all()
+        errors = sorted(r["error"] for r in rows if r["error"])
+        if errors:
+            raise IngestError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        shards = sorted((ShardInfo(**{k: v for k, v in r.items() if k != "error"}) for r in rows),
+                        key=lambda s: (s.traj_id, s.first_frame))
         trajectories: dict[str, int] = {}
         for s in shards:
             trajectories[s.traj_id] = trajectories.get(s.traj_id, 0) + s.n_rows
@@ -204,13 +237,3 @@ def ingest(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The InputError inside Ray's wrappers, if any (so the CLI prints its message)."""
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, InputError):
-            return IngestError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
-        seen = seen.__cause__ or getattr(seen, "cause", None)
-    return exc

@@ -145,7 +145,7 @@ class CGMapping:
             return np.einsum("bi,...ic->...bc", self.matrix.astype(xyz.dtype, copy=False), xyz)
         import torch
 
-        m = torch.as_tensor(self.matrix, dtype=xyz.dtype, device=xyz.device)
+        m = torch.tensor(self.matrix, dtype=xyz.dtype, device=xyz.device)
         return torch.einsum("bi,...ic->...bc", m, xyz)
 
     def pseudo_inverse(self) -> np.ndarray:

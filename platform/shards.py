@@ -284,7 +284,9 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
             "frame": p["frame"],
         }
 
-    ds = ray.data.read_parquet(man.shard_paths(folder, ids), columns=["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"])
+    ds = ray.data.read_parquet(man.shard_paths(folder, ids)).select_columns(
+        ["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"]
+    )
     return ds.groupby("traj_id").map_groups(to_pairs, batch_format="pyarrow")
 
 

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["LocalStack", "StackState", "StackNotRunning", "stack_home", "connect_ray", "tracking_uri"]
+__all__ = ["LocalStack", "StackState", "StackNotRunning", "stack_home", "connect_ray", "use_token", "tracking_uri"]
 
 STATE_FILE = "stack.json"
 
@@ -152,7 +152,11 @@ class LocalStack:
 
     def up(self, dashboard_port: int = 8265, mlflow_port: int = 5000, num_cpus: int | None = None,
            timeout_s: float = 120.0) -> StackState:
-        """Start what is not running yet; return the state."""
+        """Start what is not running yet; return the state.
+
+        Ports: the preferred ones when free, else any free port (Ray keeps
+        10002-19999 for its workers, so avoid preferring ports there).
+        """
         st = self.state()
         if st is not None and all(self.status().values()):
             return st
@@ -186,6 +190,8 @@ class LocalStack:
             f"{bindir}/ray", "start", "--head", "--block", f"--port={gcs_port}",
             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
             f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            # fixed defaults (10001, 52365) would collide with a second stack
+            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
         ]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
@@ -279,8 +285,22 @@ def connect_ray(home: str | Path | None = None):
         ray.init(log_to_driver=True)
         return
     st = LocalStack(home).require()
-    os.environ.update({k: v for k, v in st.client_env().items() if k.startswith("RAY_AUTH")})
+    use_token(st)
     ray.init(address=st.ray_address, log_to_driver=True)
+
+
+def use_token(st: StackState) -> None:
+    """Make this process present the stack's Ray auth token.
+
+    Ray's C++ token loader caches the token on first use (e.g. at ``import
+    ray``), so setting the environment is followed by a reset of that cache.
+    """
+    os.environ.update({k: v for k, v in st.client_env().items() if k.startswith("RAY_AUTH")})
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def tracking_uri(home: str | Path | None = None) -> str:

@@ -19,12 +19,12 @@ class InputError(ValueError):
     """Bad user input: wrong shapes or counts, non-finite values, wrong units."""
 
 
-def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms") -> np.ndarray:
+def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms", frame_offset: int = 0) -> np.ndarray:
     """Check a coordinate array [F, n, 3] (or [n, 3], promoted to one frame).
 
     Raises InputError naming ``argument`` on a wrong shape, a wrong particle
     count (if ``n_particles`` is given), an empty array, or a non-finite value
-    (naming the first bad frame and particle).
+    (naming the first bad frame, counted from ``frame_offset``, and particle).
     """
     arr = np.asarray(xyz)
     if arr.ndim == 2:
@@ -40,7 +40,7 @@ def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms") 
     finite = np.isfinite(arr).all(axis=-1)
     if not finite.all():
         frame, particle = map(int, np.argwhere(~finite)[0])
-        raise InputError(f"{argument}: non-finite coordinate at frame {frame}, {what[:-1]} {particle}")
+        raise InputError(f"{argument}: non-finite coordinate at frame {frame + frame_offset}, {what[:-1]} {particle}")
     return arr
 
 

@@ -1,0 +1,38 @@
+"""The ``finegrain`` command line. Each area registers its commands here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from finegrain.platform.cli import data_cmds, demo_cmd, stack_cmds
+
+app = typer.Typer(
+    name="finegrain",
+    help="Machine-learned backmapping of molecular simulations on Ray, tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(stack_cmds.app, name="stack")
+data_cmds.register(app)
+demo_cmd.register(app)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from finegrain.datasets.systems import SystemError_
+    from finegrain.platform.mapping import MappingError
+    from finegrain.platform.stack import StackNotRunning
+    from finegrain.platform.validation import InputError
+
+    return (InputError, MappingError, SystemError_, StackNotRunning, FileExistsError, FileNotFoundError, ValueError)
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2 (no traceback)."""
+    try:
+        app()
+    except _user_errors() as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -1,0 +1,5 @@
+"""``python -m finegrain.platform.cli``."""
+
+from finegrain.platform.cli import main
+
+main()

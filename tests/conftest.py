@@ -1,0 +1,67 @@
+"""Shared fixtures: one real local stack (Ray head + MLflow server) per test session.
+
+Extend this file; don't replace it. Every test that needs Ray or MLflow uses
+``stack`` (Ray is connected in this process with the stack's auth token and
+MLFLOW_TRACKING_URI points at the real server). Small simulated data sets are
+session fixtures too, so the suite simulates each only once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def stack_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("finegrain-home")
+
+
+@pytest.fixture(scope="session")
+def stack(stack_home):
+    """A running LocalStack in a temporary state folder, connected in-process."""
+    import ray
+
+    from finegrain.platform.stack import LocalStack, connect_ray
+
+    local = LocalStack(stack_home)
+    st = local.up(dashboard_port=28265, mlflow_port=25000)
+    old = {k: os.environ.get(k) for k in ("FINEGRAIN_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["FINEGRAIN_HOME"] = str(stack_home)
+    os.environ["MLFLOW_TRACKING_URI"] = st.mlflow_uri
+    if ray.is_initialized():
+        ray.shutdown()
+    connect_ray(stack_home)
+    yield st
+    ray.shutdown()
+    local.down()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def adp_sim(stack, tmp_path_factory) -> Path:
+    """Two short ADP replicas simulated through Ray (50 frames each, 1 ps apart)."""
+    from finegrain.datasets.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("adp-sim") / "sim"
+    return simulate(SimulationConfig("adp", ns=0.05, replicas=2, seed=7, equilibration_ps=2.0), out)
+
+
+@pytest.fixture(scope="session")
+def adp_shards(adp_sim, tmp_path_factory) -> Path:
+    """``adp_sim`` ingested with the backbone6 mapping, 20 frames per shard."""
+    from finegrain.datasets.ingest import ingest, sources_from_simulation
+    from finegrain.datasets.systems import get_system
+
+    top, system, sources = sources_from_simulation(adp_sim)
+    out = tmp_path_factory.mktemp("adp-shards") / "shards"
+    ingest(top, sources, get_system(system).mapping("backbone6"), out, system=system, chunk_frames=20)
+    return out
