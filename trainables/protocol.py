@@ -1,0 +1,150 @@
+"""The protocol every trained backmapper obeys, whatever its family.
+
+A trainer fits; a :class:`Backmapper` backmaps. Sweeps, evaluation and
+serving only use this interface:
+
+- ``backmap_xyz(cg_xyz [T, n_beads, 3] nm, n_samples=K, seed=S, prev_aa_xyz=[N, 3] | None)``
+  -> ``[K, T, n_atoms, 3]`` nm: the one method a family implements.
+- ``backmap(cg_traj: mdtraj.Trajectory, n_samples=1, seed=None)`` -> list of K
+  AA ``mdtraj.Trajectory`` with the full AA topology (checks bead count/names).
+- ``save(folder)`` / ``load_backmapper(folder)``: a folder of plain files —
+  ``backmapper.json`` (family, config, mapping), ``topology.pdb`` and
+  ``weights.pt`` (tensors only, loaded with ``torch.load(weights_only=True)``;
+  nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finegrain.platform.mapping import CGMapping
+from finegrain.platform.validation import InputError, check_xyz
+
+__all__ = ["Backmapper", "load_backmapper", "FAMILIES"]
+
+#: family name -> "module:Class" of its Backmapper (import on demand).
+FAMILIES: dict[str, str] = {
+    "cvae": "finegrain.trainables.cvae.backmapper:CVAEBackmapper",
+    "nullspace": "finegrain.trainables.baselines:NullSpaceBackmapper",
+    "em": "finegrain.trainables.baselines:EnergyMinimisationBackmapper",
+    "flow": "finegrain.trainables.flow.backmapper:FlowBackmapper",
+}
+
+META = "backmapper.json"
+TOPOLOGY = "topology.pdb"
+WEIGHTS = "weights.pt"
+
+
+class Backmapper(ABC):
+    """A trained backmapper for one AA topology and one CG mapping.
+
+    Subclasses set ``family`` and implement ``backmap_xyz``, ``_config`` and
+    ``_state`` / ``_from_saved`` for persistence.
+    """
+
+    family: str = "?"
+
+    def __init__(self, topology, mapping: CGMapping):
+        if mapping.n_atoms != topology.n_atoms:
+            raise InputError(f"mapping '{mapping.name}' has {mapping.n_atoms} atoms, topology has {topology.n_atoms}")
+        self.topology = topology  # mdtraj.Topology
+        self.mapping = mapping
+
+    # -- the family's part --------------------------------------------------
+    @abstractmethod
+    def backmap_xyz(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None,
+                    prev_aa_xyz: np.ndarray | None = None) -> np.ndarray:
+        """[T, n_beads, 3] nm -> [n_samples, T, n_atoms, 3] nm."""
+
+    @abstractmethod
+    def _config(self) -> dict[str, Any]:
+        """JSON-serialisable settings needed to rebuild the model."""
+
+    def _state(self) -> dict[str, Any]:
+        """Tensors/arrays to save (``weights.pt``); none by default."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def _from_saved(cls, topology, mapping: CGMapping, config: dict, state: dict) -> "Backmapper":
+        """Rebuild from what ``_config`` and ``_state`` returned."""
+
+    # -- shared behaviour -----------------------------------------------------
+    def check_cg(self, cg_xyz, argument: str = "cg_xyz", bead_names: list[str] | None = None) -> np.ndarray:
+        """Validate a CG input against this model's mapping; returns [T, n, 3] float64."""
+        if bead_names is not None and list(bead_names) != list(self.mapping.bead_names):
+            raise InputError(
+                f"{argument}: bead names {list(bead_names)} do not match the model's mapping "
+                f"'{self.mapping.name}' {list(self.mapping.bead_names)}"
+            )
+        arr = np.asarray(cg_xyz)
+        if arr.ndim == 3 and arr.shape[1] != self.mapping.n_beads:
+            raise InputError(
+                f"{argument}: {arr.shape[1]} beads per frame, the model's mapping '{self.mapping.name}' has "
+                f"{self.mapping.n_beads} ({', '.join(self.mapping.bead_names)})"
+            )
+        return check_xyz(arr, self.mapping.n_beads, argument, what="beads").astype(np.float64)
+
+    def backmap(self, cg_traj, n_samples: int = 1, seed: int | None = None) -> list:
+        """Backmap a CG ``mdtraj.Trajectory``; returns ``n_samples`` AA trajectories.
+
+        The CG topology's bead names (atom names, or ``str(atom)``) must equal the
+        mapping's bead names when the topology has as many atoms as the mapping
+        has beads; a count mismatch is refused naming both.
+        """
+        import mdtraj as md
+
+        names = [a.name for a in cg_traj.topology.atoms]
+        full = [str(a) for a in cg_traj.topology.atoms]
+        expected = list(self.mapping.bead_names)
+        if cg_traj.n_atoms != len(expected):
+            raise InputError(
+                f"cg_traj: {cg_traj.n_atoms} beads ({', '.join(names)}), the model's mapping "
+                f"'{self.mapping.name}' has {len(expected)} ({', '.join(expected)})"
+            )
+        if names != expected and full != expected:
+            raise InputError(f"cg_traj: bead names {names} do not match the model's mapping '{self.mapping.name}' {expected}")
+        xyz = self.backmap_xyz(self.check_cg(cg_traj.xyz, "cg_traj"), n_samples=n_samples, seed=seed)
+        time = cg_traj.time if cg_traj.time is not None else None
+        return [md.Trajectory(xyz[k].astype(np.float32), self.topology, time=time) for k in range(xyz.shape[0])]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model as plain files (see module docstring)."""
+        import mdtraj as md
+        import torch
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"family": self.family, "config": self._config(), "mapping": self.mapping.to_dict()}
+        (folder / META).write_text(json.dumps(meta, indent=1))
+        md.Trajectory(np.zeros((1, self.topology.n_atoms, 3), np.float32), self.topology).save_pdb(str(folder / TOPOLOGY))
+        state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().cpu()
+                 for k, v in self._state().items()}
+        torch.save(state, folder / WEIGHTS)
+        return folder
+
+
+def load_backmapper(folder: str | Path) -> Backmapper:
+    """Load a saved backmapper of any family, without unpickling anything."""
+    import mdtraj as md
+    import torch
+
+    folder = Path(folder)
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"model folder {folder}: no {META}")
+    meta = json.loads(meta_path.read_text())
+    family = meta.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model folder {folder}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
+    module, cls_name = FAMILIES[family].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    topology = md.load_topology(str(folder / TOPOLOGY))
+    state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True) if (folder / WEIGHTS).is_file() else {}
+    return cls._from_saved(topology, CGMapping.from_dict(meta["mapping"]), meta["config"], state)
