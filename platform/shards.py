@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+_FRAME_COLUMNS = ["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"]  # forces on demand
 SPLITS = ("train", "validation", "test")
 
 
@@ -178,7 +179,8 @@ def read_frames(folder: str | Path, traj_ids: list[str] | None = None) -> dict[s
     paths = man.shard_paths(folder, traj_ids)
     if not paths:
         raise ValueError(f"shard folder {folder}: no shard for trajectories {traj_ids}")
-    table = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by([("traj_id", "ascending"), ("frame", "ascending")])
+    table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
+    table = table.sort_by([("traj_id", "ascending"), ("frame", "ascending")])
     return _columns(table, man.n_atoms, man.n_beads)
 
 
@@ -188,8 +190,9 @@ def _columns(table: pa.Table, n_atoms: int, n_beads: int) -> dict[str, np.ndarra
         return col.values.to_numpy(zero_copy_only=False).reshape(len(table), n, 3)
 
     energy = table.column("energy_kj_mol").to_numpy(zero_copy_only=False)
+    traj = table.column("traj_id").combine_chunks().dictionary_encode()
     return {
-        "traj_id": np.asarray(table.column("traj_id").to_pylist()),
+        "traj_id": np.asarray(traj.dictionary.to_pylist())[traj.indices.to_numpy()] if len(table) else np.array([], str),
         "frame": table.column("frame").to_numpy(),
         "time_ps": table.column("time_ps").to_numpy(),
         "aa_xyz_nm": xyz("aa_xyz_nm", n_atoms),
@@ -235,19 +238,15 @@ def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.
     """
     if lag < 1:
         raise ValueError(f"lag: must be >= 1, got {lag}")
-    traj = np.asarray(frames["traj_id"])
+    _, code = np.unique(np.asarray(frames["traj_id"]), return_inverse=True)
     frame = np.asarray(frames["frame"], dtype=np.int64)
-    order = np.lexsort((frame, traj))
-    traj, frame = traj[order], frame[order]
-    # map (traj, frame) -> row; pairs where (traj, frame - lag) exists
-    key = {(t, f): i for i, (t, f) in enumerate(zip(traj.tolist(), frame.tolist()))}
-    cur, prev = [], []
-    for i, (t, f) in enumerate(zip(traj.tolist(), frame.tolist())):
-        j = key.get((t, f - lag))
-        if j is not None:
-            cur.append(i)
-            prev.append(j)
-    cur_rows, prev_rows = order[np.asarray(cur, dtype=int)], order[np.asarray(prev, dtype=int)]
+    span = int(frame.max()) + lag + 1 if frame.size else 1
+    key = code.astype(np.int64) * span + frame  # unique per (trajectory, frame)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    at = np.searchsorted(sorted_key, sorted_key - lag)
+    found = (at < len(sorted_key)) & (sorted_key[np.minimum(at, len(sorted_key) - 1)] == sorted_key - lag)
+    cur_rows, prev_rows = order[found], order[at[found]]
     return {
         "aa_prev": frames["aa_xyz_nm"][prev_rows],
         "cg": frames["cg_xyz_nm"][cur_rows],
@@ -262,8 +261,9 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
     """A Ray Dataset of temporal pairs for one split (for ``get_dataset_shard``).
 
     Columns: aa_prev, cg, aa (flat float32, reshape with
-    :func:`unflatten_pair_batch`) and frame (index of frame t). Frames are grouped by
-    trajectory before pairing, so no pair crosses a trajectory or a shard edge.
+    :func:`unflatten_pair_batch`) and frame (index of frame t). Each task reads
+    one trajectory's shards (no shuffle), so pairs never cross a trajectory and
+    do span shard edges. Shuffle with ``iter_torch_batches(local_shuffle_buffer_size=...)``.
     """
     import ray.data
 
@@ -275,19 +275,24 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
         raise ValueError(f"split {split!r} of {folder} has no trajectory ({man.n_trajectories} in all)")
     n_atoms, n_beads = man.n_atoms, man.n_beads
 
-    def to_pairs(batch: pa.Table) -> dict[str, np.ndarray]:
-        p = temporal_pairs(_columns(batch, n_atoms, n_beads), lag)
-        return {
-            "aa_prev": p["aa_prev"].reshape(len(p["frame"]), -1),
-            "cg": p["cg"].reshape(len(p["frame"]), -1),
-            "aa": p["aa"].reshape(len(p["frame"]), -1),
-            "frame": p["frame"],
-        }
-
-    ds = ray.data.read_parquet(man.shard_paths(folder, ids)).select_columns(
-        ["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"]
+    items = [{"traj_id": t, "paths": man.shard_paths(folder, [t])} for t in ids]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _TrajectoryPairs(n_atoms, n_beads, lag), batch_size=1, batch_format="pyarrow", zero_copy_batch=True
     )
-    return ds.groupby("traj_id").map_groups(to_pairs, batch_format="pyarrow")
+
+
+class _TrajectoryPairs:
+    """Ray Data UDF: one trajectory's shard paths in, its temporal pairs out (no shuffle needed)."""
+
+    def __init__(self, n_atoms: int, n_beads: int, lag: int):
+        self.n_atoms, self.n_beads, self.lag = n_atoms, n_beads, lag
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        paths = [p for ps in batch.column("paths").to_pylist() for p in ps]
+        table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
+        p = temporal_pairs(_columns(table, self.n_atoms, self.n_beads), self.lag)
+        n = len(p["frame"])
+        return {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"]}
 
 
 def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):
