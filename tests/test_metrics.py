@@ -1,0 +1,245 @@
+"""Evaluation metrics against independent references (scipy, deeptime's analytic MSM, mdtraj, hand formulas)."""
+
+import io
+
+import mdtraj as md
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+
+from finegrain.datasets.simulate import SimulationConfig, run_replica
+from finegrain.datasets.systems import get_system
+from finegrain.platform.metrics import (
+    cg_rmsd,
+    clash_fraction,
+    diversity_rmsd,
+    energy_metrics,
+    evaluate_frames,
+    frame_velocities,
+    histogram_js,
+    js_divergence,
+    kl_divergence,
+    ramachandran,
+    velocity_metrics,
+    wasserstein_1,
+)
+from finegrain.platform.metrics.kinetics import compare_msms, estimate_msm, kinetics_from_features, left_eigenvectors
+
+
+@pytest.fixture(scope="module")
+def adp_ref(tmp_path_factory):
+    """200 frames (1 ps apart) of ADP at 300 K, with OpenMM energies."""
+    out = tmp_path_factory.mktemp("adp-metrics")
+    run_replica(SimulationConfig("adp", ns=0.2, equilibration_ps=1.0, seed=11), 0, out)
+    ref = get_system("adp")
+    top = ref.md_topology
+    traj = md.load(str(out / "replica_000.dcd"), top=top)
+    obs = np.load(out / "replica_000.npz")
+    frames = {"aa_xyz_nm": traj.xyz.astype(np.float64), "energy_kj_mol": obs["potential_kj_mol"],
+              "time_ps": obs["time_ps"], "traj_id": np.array(["r0"] * traj.n_frames)}
+    return frames, top, ref.mapping("backbone6")
+
+
+# -- divergences ---------------------------------------------------------------
+def test_js_identical_zero_disjoint_ln2_and_equals_scipy():
+    rng = np.random.default_rng(0)
+    p = rng.random(50)
+    assert js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert js_divergence(3.0 * p, p) == pytest.approx(0.0, abs=1e-12)  # normalised
+    a, b = np.r_[p, np.zeros(50)], np.r_[np.zeros(50), p]
+    assert js_divergence(a, b) == pytest.approx(np.log(2.0), abs=1e-12)
+    q = rng.random(50)
+    # scipy's jensenshannon is the square root of the divergence (natural log)
+    assert js_divergence(p, q) == pytest.approx(scipy.spatial.distance.jensenshannon(p, q) ** 2, rel=1e-9)
+    edges = np.linspace(0.0, 1.0, 11)
+    assert histogram_js(rng.random(500) * 0.5, 0.5 + rng.random(500) * 0.5, edges) == pytest.approx(np.log(2.0))
+    with pytest.raises(ValueError, match="q"):
+        js_divergence(p, q[:10])
+
+
+def test_kl_with_pseudo_count_equals_scipy_entropy():
+    rng = np.random.default_rng(1)
+    p, q = rng.integers(0, 20, 40).astype(float), rng.integers(0, 20, 40).astype(float)
+    q[:5] = 0  # empty bins stay finite thanks to the pseudo-count
+    assert kl_divergence(p, q, 0.5) == pytest.approx(scipy.stats.entropy(p + 0.5, q + 0.5), rel=1e-10)
+    assert kl_divergence(p, p) == pytest.approx(0.0, abs=1e-14)
+    assert np.isinf(kl_divergence(np.ones(3), np.array([1.0, 0.0, 1.0]), pseudo_count=0.0))
+
+
+def test_wasserstein_1_equals_scipy_and_shift():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(-90, 10, 300), rng.gamma(2.0, 8.0, 217) - 100
+    assert wasserstein_1(a, b) == pytest.approx(scipy.stats.wasserstein_distance(a, b), rel=1e-10)
+    m = energy_metrics(a, a + 10.0)  # a shifted distribution: W1 = shift, tail excess = shift
+    assert m["w1_energy_kj_mol"] == pytest.approx(10.0, rel=1e-10)
+    assert m["energy_p99_excess_kj_mol"] == pytest.approx(10.0, rel=1e-10)
+    with pytest.raises(ValueError, match="bm_kj_mol"):
+        energy_metrics(a, np.zeros((2, 2)))
+
+
+# -- kinetics --------------------------------------------------------------------
+def test_msm_recovers_double_well_timescales():
+    from deeptime.data import double_well_discrete
+
+    dw = double_well_discrete()
+    exact = dw.analytic_msm.timescales(3)  # in simulation steps (the exact transition matrix, lag 1 step)
+    dtraj = dw.dtraj  # 100k frames, one every 10 steps
+    for lag in (1, 3):
+        its = compare_msms([dtraj], [dtraj], lag, 100, dt=10.0)
+        np.testing.assert_allclose(its["its_ref"], exact, rtol=0.10)
+        np.testing.assert_allclose(its["its_ratio"], 1.0, rtol=1e-12)
+        np.testing.assert_allclose(its["evec_cos"], 1.0, rtol=1e-12)
+    # the slowest process is the same one as in the exact model (cosine of left eigenvectors)
+    msm = estimate_msm([dtraj], 1, 100)
+    est = left_eigenvectors(msm, 1, 100)[1]
+    exact_vec = np.real(dw.analytic_msm.eigenvectors_left(2)[1])
+    cos = abs(est @ exact_vec) / (np.linalg.norm(est) * np.linalg.norm(exact_vec))
+    assert cos > 0.99
+    # whole pipeline from continuous features: k-means on the reference, shared states
+    rng = np.random.default_rng(3)
+    x = dtraj + rng.uniform(-0.4, 0.4, dtraj.size)
+    kin = kinetics_from_features([x[:, None]], [x[:, None]], 1, 50, dt=10.0)
+    assert kin["centres"].shape == (50, 1)
+    np.testing.assert_allclose(kin["its_ref"][0], exact[0], rtol=0.10)
+    # a faster copy (every 2nd frame is dropped, time step unchanged) has half the timescales
+    fast = kinetics_from_features([x[:, None]], [x[::2, None]], 2, 50, dt=10.0, lag_bm=1, dt_bm=10.0)
+    assert fast["its_ratio"][0] == pytest.approx(0.5, rel=0.1)
+
+
+# -- geometry --------------------------------------------------------------------
+def _hand_dihedral(p0, p1, p2, p3):
+    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
+    b1n = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
+    v = b0 - np.sum(b0 * b1n, -1, keepdims=True) * b1n
+    w = b2 - np.sum(b2 * b1n, -1, keepdims=True) * b1n
+    return np.arctan2(np.sum(np.cross(b1n, v) * w, -1), np.sum(v * w, -1))
+
+
+def test_ramachandran_equals_mdtraj_and_hand_formula(adp_ref):
+    frames, top, _ = adp_ref
+    phi, psi = ramachandran(frames["aa_xyz_nm"], top)
+    traj = md.Trajectory(frames["aa_xyz_nm"].astype(np.float32), top)
+    np.testing.assert_allclose(phi, md.compute_phi(traj)[1], atol=1e-6)
+    np.testing.assert_allclose(psi, md.compute_psi(traj)[1], atol=1e-6)
+    idx = {str(a): a.index for a in top.atoms}
+    x = frames["aa_xyz_nm"]
+    hand_phi = _hand_dihedral(*(x[:, idx[n]] for n in ("ACE1-C", "ALA2-N", "ALA2-CA", "ALA2-C")))
+    hand_psi = _hand_dihedral(*(x[:, idx[n]] for n in ("ALA2-N", "ALA2-CA", "ALA2-C", "NME3-N")))
+    np.testing.assert_allclose(phi[:, 0], hand_phi, atol=1e-5)
+    np.testing.assert_allclose(psi[:, 0], hand_psi, atol=1e-5)
+
+
+def test_clash_fraction_on_constructed_frames(adp_ref):
+    frames, top, _ = adp_ref
+    x = frames["aa_xyz_nm"][:4].copy()
+    assert clash_fraction(x, top) == 0.0  # equilibrium frames have no clash
+    idx = {str(a): a.index for a in top.atoms}
+    i, j = idx["ACE1-CH3"], idx["NME3-C"]  # heavy atoms far apart in the bond graph
+    x[:, j] = x[:, i] + np.array([0.05, 0.0, 0.0])
+    assert clash_fraction(x, top) == 1.0
+    y = frames["aa_xyz_nm"][:4].copy()
+    y[2, j] = y[2, i] + np.array([0.0, 0.05, 0.0])
+    assert clash_fraction(y, top) == 0.25
+    z = frames["aa_xyz_nm"][:1].copy()  # a bonded pair (C=O) pushed together is not a non-bonded clash
+    z[0, idx["ACE1-O"]] = z[0, idx["ACE1-C"]] + np.array([0.05, 0.0, 0.0])
+    assert clash_fraction(z, top) == 0.0
+
+
+def test_cg_rmsd_exact_mapping_zero_and_analytic_offset(adp_ref):
+    frames, _, mapping = adp_ref
+    x = frames["aa_xyz_nm"][:10]
+    y = mapping.map(x)
+    assert cg_rmsd(x, y, mapping) == pytest.approx(0.0, abs=1e-12)
+    y2 = y.copy()
+    y2[3, 1, 0] += 0.1  # one bead of one frame off by 0.1 nm
+    assert cg_rmsd(x, y2, mapping) == pytest.approx(0.1 / np.sqrt(10 * mapping.n_beads), rel=1e-9)
+    with pytest.raises(ValueError, match="cg_xyz"):
+        cg_rmsd(x, y[:, :3], mapping)
+
+
+def test_velocities_and_diversity_analytic():
+    n = 5
+    t = np.arange(6, dtype=float)
+    x = np.zeros((12, n, 3))
+    x[:6, :, 0] = 0.3 * t[:, None]          # trajectory a: 0.3 nm/ps along x
+    x[6:, :, 1] = 5.0 + 0.3 * t[:, None]    # trajectory b starts far away: no difference across the boundary
+    tid = np.array(["a"] * 6 + ["b"] * 6)
+    v = frame_velocities(x, tid, np.r_[t, t])
+    assert v.shape == (2 * 5 * n,)
+    np.testing.assert_allclose(v, 0.3)
+    m = velocity_metrics(v, 2.0 * v)
+    assert m["velocity_scale_factor"] == pytest.approx(0.5)
+    assert m["js_velocity_rescaled"] == pytest.approx(0.0, abs=1e-12) and m["js_velocity"] > 0.5
+    base = np.random.default_rng(4).normal(size=(7, n, 3))
+    samples = np.stack([base + np.array([0.1 * k, 0.0, 0.0]) for k in range(3)])
+    assert diversity_rmsd(samples) == pytest.approx((0.1 + 0.2 + 0.1) / 3, rel=1e-12)
+    with pytest.raises(ValueError, match="samples"):
+        diversity_rmsd(samples[:1])
+
+
+# -- the whole suite -----------------------------------------------------------------
+def test_reference_against_itself_gives_zero_divergences(adp_ref):
+    frames, top, mapping = adp_ref
+    samples = np.stack([frames["aa_xyz_nm"], frames["aa_xyz_nm"] + 0.01])
+    metrics, figures = evaluate_frames(frames, {**frames, "samples": samples}, top, mapping, "adp")
+    for name, value in metrics.items():
+        if name.startswith(("js_", "kl_", "w1_", "mae_", "mean_bond", "energy_p99", "energy_mean", "rmsd_cg")):
+            assert value == pytest.approx(0.0, abs=1e-12), name
+    for i in (1, 2, 3):
+        assert metrics[f"its_ratio_{i}"] == pytest.approx(1.0, abs=1e-12)
+        assert metrics[f"evec_cos_{i}"] == pytest.approx(1.0, abs=1e-9)
+    assert metrics["msm_lag_ps"] == 5.0 and metrics["velocity_scale_factor"] == pytest.approx(1.0)
+    assert metrics["clash_fraction"] == 0.0 and metrics["diversity_rmsd_nm"] == pytest.approx(0.01 * np.sqrt(3))
+    assert {"js_bonds", "js_angles", "js_dihedrals", "kl_fes", "w1_energy_kj_mol", "js_velocity"} <= set(metrics)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+    assert {"bonds", "angles", "energy", "fes", "implied_timescales", "velocities"} <= set(figures)
+    for name, fig in figures.items():  # every figure renders on the Agg canvas
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=50)
+        assert buf.tell() > 1000, name
+
+
+def test_distorted_backmapping_is_detected(adp_ref):
+    frames, top, mapping = adp_ref
+    rng = np.random.default_rng(5)
+    noisy = frames["aa_xyz_nm"] + rng.normal(0.0, 0.02, frames["aa_xyz_nm"].shape)
+    metrics, _ = evaluate_frames(frames, {"aa_xyz_nm": noisy, "energy_kj_mol": frames["energy_kj_mol"] + 50.0},
+                                 top, mapping, "adp", make_figures=False)
+    assert metrics["js_bonds"] > 0.3 and metrics["mae_bond_nm"] > 0.01
+    assert metrics["rmsd_cg_nm"] == pytest.approx(0.02 * np.sqrt(3), rel=0.15)
+    assert metrics["w1_energy_kj_mol"] == pytest.approx(50.0)
+    # temporally incoherent: the reference frames in random order keep every static distribution ...
+    shuffled = frames["aa_xyz_nm"][rng.permutation(len(noisy))]
+    metrics, _ = evaluate_frames(frames, {"aa_xyz_nm": shuffled}, top, mapping, "adp", make_figures=False)
+    assert metrics["js_bonds"] == pytest.approx(0.0, abs=1e-12) and metrics["kl_fes"] == pytest.approx(0.0, abs=1e-12)
+    # ... but not the frame-to-frame velocities
+    assert metrics["js_velocity"] > 0.05 and metrics["velocity_scale_factor"] < 0.8
+    assert metrics["its_ratio_1"] < 0.8  # and the slow process decorrelates within the lag
+
+
+def test_chignolin_tica_branch_self_consistent():
+    ref = get_system("chignolin")
+    top, mapping = ref.md_topology, ref.mapping("ca")
+    rng = np.random.default_rng(6)
+    x = np.empty((300, ref.n_atoms, 3))
+    noise = np.zeros((ref.n_atoms, 3))
+    for t in range(300):  # an AR(1) walk around the template: slow, correlated motion
+        noise = 0.9 * noise + 0.005 * rng.standard_normal(noise.shape)
+        x[t] = ref.positions_nm + noise
+    frames = {"aa_xyz_nm": x, "time_ps": np.arange(300.0)}
+    metrics, figures = evaluate_frames(frames, dict(frames), top, mapping, "chignolin", lag_ps=3.0)
+    assert metrics["kl_fes"] == 0.0 and metrics["tica_lag_ps"] == 3.0
+    assert metrics["its_ratio_1"] == pytest.approx(1.0) and metrics["evec_cos_1"] == pytest.approx(1.0)
+    assert "fes" in figures and "implied_timescales" in figures
+    with pytest.warns(UserWarning, match="MSM skipped"):  # the default 4 ns lag is longer than the data
+        metrics, _ = evaluate_frames(frames, dict(frames), top, mapping, "chignolin", make_figures=False)
+    assert "its_ratio_1" not in metrics and "kl_fes" in metrics
+
+
+def test_bad_arguments_are_named(adp_ref):
+    frames, top, mapping = adp_ref
+    with pytest.raises(ValueError, match="backmapped"):
+        evaluate_frames(frames, {"aa_xyz_nm": frames["aa_xyz_nm"][:, :5]}, top, mapping, "adp")
+    with pytest.raises(ValueError, match="time_ps"):
+        frame_velocities(frames["aa_xyz_nm"], time_ps=np.zeros(3))
