@@ -181,6 +181,37 @@ class CGMapping:
         k = self.null_space().shape[1]
         return self.fibre_points(y, rng.normal(size=(y.shape[0], k, 3)) * scale)
 
+    def cg_topology(self):
+        """An mdtraj Topology of the beads whose PDB round trip keeps the bead names.
+
+        ``RESn-NAME`` beads become atom NAME of residue RES n, ``RESn`` beads an
+        atom "CG" of residue RES n, other names an atom of that name in residue
+        "CG" (names longer than 4 characters do not fit a PDB atom field).
+        """
+        import re
+
+        import mdtraj as md
+
+        top = md.Topology()
+        chain = top.add_chain()
+        for i, name in enumerate(self.bead_names):
+            m = re.fullmatch(r"([A-Z0-9]{1,4}?)(-?\d+)(?:-(\S{1,4}))?", name)
+            if m and (m.group(3) or len(m.group(1)) == 3):
+                res = top.add_residue(m.group(1), chain, resSeq=int(m.group(2)))
+                atom = m.group(3) or "CG"
+            else:
+                if len(name) > 4:
+                    raise MappingError(f"mapping '{self.name}': bead name {name!r} does not fit a PDB atom name")
+                res, atom = top.add_residue("CG", chain, resSeq=i + 1), name
+            top.add_atom(atom, md.element.virtual, res)
+        return top
+
+    def matches_bead_names(self, cg_topology) -> bool:
+        """True when each CG atom is its bead by atom name, ``RESn-NAME`` or residue ``RESn``."""
+        atoms = list(cg_topology.atoms)
+        return len(atoms) == self.n_beads and all(
+            name in (a.name, str(a), str(a.residue)) for a, name in zip(atoms, self.bead_names))
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bead_names": list(self.bead_names), "matrix": self.matrix.tolist()}
 

@@ -187,7 +187,8 @@ def read_frames(folder: str | Path, traj_ids: list[str] | None = None) -> dict[s
 def _columns(table: pa.Table, n_atoms: int, n_beads: int) -> dict[str, np.ndarray]:
     def xyz(name: str, n: int) -> np.ndarray:
         col = table.column(name).combine_chunks()
-        return col.values.to_numpy(zero_copy_only=False).reshape(len(table), n, 3)
+        # writable (a copy where Arrow shares its buffer): mdtraj's kernels need writable arrays
+        return np.require(col.values.to_numpy(zero_copy_only=False).reshape(len(table), n, 3), requirements="W")
 
     energy = table.column("energy_kj_mol").to_numpy(zero_copy_only=False)
     traj = table.column("traj_id").combine_chunks().dictionary_encode()

@@ -65,3 +65,25 @@ def adp_shards(adp_sim, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("adp-shards") / "shards"
     ingest(top, sources, get_system(system).mapping("backbone6"), out, system=system, chunk_frames=20)
     return out
+
+
+@pytest.fixture(scope="session")
+def chignolin_sim(stack, tmp_path_factory) -> Path:
+    """Two very short chignolin replicas through Ray (20 frames each, 1 ps apart, OpenMM CPU platform)."""
+    from finegrain.datasets.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("chignolin-sim") / "sim"
+    cfg = SimulationConfig("chignolin", ns=0.02, replicas=2, seed=11, equilibration_ps=0.5, platform="CPU")
+    return simulate(cfg, out)
+
+
+@pytest.fixture(scope="session")
+def chignolin_shards(chignolin_sim, tmp_path_factory) -> Path:
+    """``chignolin_sim`` ingested with the 10-bead C-alpha mapping (``ca``)."""
+    from finegrain.datasets.ingest import ingest, sources_from_simulation
+    from finegrain.datasets.systems import get_system
+
+    top, system, sources = sources_from_simulation(chignolin_sim)
+    out = tmp_path_factory.mktemp("chignolin-shards") / "shards"
+    ingest(top, sources, get_system(system).mapping("ca"), out, system=system, chunk_frames=20)
+    return out

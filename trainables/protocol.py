@@ -26,7 +26,7 @@ import numpy as np
 from finegrain.platform.mapping import CGMapping
 from finegrain.platform.validation import InputError, check_xyz
 
-__all__ = ["Backmapper", "load_backmapper", "FAMILIES"]
+__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for"]
 
 #: family name -> "module:Class" of its Backmapper (import on demand).
 FAMILIES: dict[str, str] = {
@@ -34,6 +34,15 @@ FAMILIES: dict[str, str] = {
     "nullspace": "finegrain.trainables.baselines:NullSpaceBackmapper",
     "em": "finegrain.trainables.baselines:EnergyMinimisationBackmapper",
     "flow": "finegrain.trainables.flow.backmapper:FlowBackmapper",
+}
+
+#: family name -> ("module:ConfigClass", "module:fit_detailed") of its trainer. A config class has
+#: ``from_dict(data, source)``, ``from_yaml(path, overrides)``, ``flat()`` and sections
+#: data/model/training/tracking; ``fit_detailed(config)`` returns a ``FitResult``
+#: (backmapper, MLflow run id, model URI, folders). Sweeps only use this.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "cvae": ("finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed"),
+    "flow": ("finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
 }
 
 META = "backmapper.json"
@@ -76,39 +85,43 @@ class Backmapper(ABC):
         """Rebuild from what ``_config`` and ``_state`` returned."""
 
     # -- shared behaviour -----------------------------------------------------
+    @property
+    def label(self) -> str:
+        """Name on the leaderboard: the family, plus the variant where a family has several."""
+        return self.family
+
     def check_cg(self, cg_xyz, argument: str = "cg_xyz", bead_names: list[str] | None = None) -> np.ndarray:
         """Validate a CG input against this model's mapping; returns [T, n, 3] float64."""
-        if bead_names is not None and list(bead_names) != list(self.mapping.bead_names):
-            raise InputError(
-                f"{argument}: bead names {list(bead_names)} do not match the model's mapping "
-                f"'{self.mapping.name}' {list(self.mapping.bead_names)}"
-            )
         arr = np.asarray(cg_xyz)
         if arr.ndim == 3 and arr.shape[1] != self.mapping.n_beads:
             raise InputError(
                 f"{argument}: {arr.shape[1]} beads per frame, the model's mapping '{self.mapping.name}' has "
                 f"{self.mapping.n_beads} ({', '.join(self.mapping.bead_names)})"
             )
+        if bead_names is not None and list(bead_names) != list(self.mapping.bead_names):
+            raise InputError(
+                f"{argument}: bead names {list(bead_names)} do not match the model's mapping "
+                f"'{self.mapping.name}' {list(self.mapping.bead_names)}"
+            )
         return check_xyz(arr, self.mapping.n_beads, argument, what="beads").astype(np.float64)
 
     def backmap(self, cg_traj, n_samples: int = 1, seed: int | None = None) -> list:
         """Backmap a CG ``mdtraj.Trajectory``; returns ``n_samples`` AA trajectories.
 
-        The CG topology's bead names (atom names, or ``str(atom)``) must equal the
-        mapping's bead names when the topology has as many atoms as the mapping
-        has beads; a count mismatch is refused naming both.
+        The CG topology must name the mapping's beads (see
+        ``CGMapping.matches_bead_names``; ``CGMapping.cg_topology`` writes such a
+        topology); a count or name mismatch is refused naming both.
         """
         import mdtraj as md
 
         names = [a.name for a in cg_traj.topology.atoms]
-        full = [str(a) for a in cg_traj.topology.atoms]
         expected = list(self.mapping.bead_names)
         if cg_traj.n_atoms != len(expected):
             raise InputError(
                 f"cg_traj: {cg_traj.n_atoms} beads ({', '.join(names)}), the model's mapping "
                 f"'{self.mapping.name}' has {len(expected)} ({', '.join(expected)})"
             )
-        if names != expected and full != expected:
+        if not self.mapping.matches_bead_names(cg_traj.topology):
             raise InputError(f"cg_traj: bead names {names} do not match the model's mapping '{self.mapping.name}' {expected}")
         xyz = self.backmap_xyz(self.check_cg(cg_traj.xyz, "cg_traj"), n_samples=n_samples, seed=seed)
         time = cg_traj.time if cg_traj.time is not None else None
@@ -130,6 +143,22 @@ class Backmapper(ABC):
         return folder
 
 
+def _import(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def trainer_for(family: str):
+    """(config class, fit_detailed) of a trainable family; ValueError naming the known ones."""
+    if family not in TRAINERS:
+        raise ValueError(f"unknown model family {family!r} (known: {', '.join(TRAINERS)})")
+    config_cls, fit = TRAINERS[family]
+    try:
+        return _import(config_cls), _import(fit)
+    except ImportError as exc:
+        raise ValueError(f"model family {family!r} is not available here ({exc})") from exc
+
+
 def load_backmapper(folder: str | Path) -> Backmapper:
     """Load a saved backmapper of any family, without unpickling anything."""
     import mdtraj as md
@@ -143,8 +172,7 @@ def load_backmapper(folder: str | Path) -> Backmapper:
     family = meta.get("family")
     if family not in FAMILIES:
         raise ValueError(f"model folder {folder}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    module, cls_name = FAMILIES[family].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = _import(FAMILIES[family])
     topology = md.load_topology(str(folder / TOPOLOGY))
     state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True) if (folder / WEIGHTS).is_file() else {}
     return cls._from_saved(topology, CGMapping.from_dict(meta["mapping"]), meta["config"], state)

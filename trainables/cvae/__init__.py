@@ -1,9 +1,13 @@
 """Temporally coherent conditional VAE backmapper (paper 001, SI 4.1).
 
 Public API: :class:`CVAEConfig` (Table 1 presets), :class:`CVAE` (model),
-:class:`CVAEOutput`, and the loss functions of eq. 3.
+:class:`CVAEOutput`, the loss functions of eq. 3, and :class:`CVAEBackmapper` /
+:class:`GaussianMixtureSampler` (inference, section 2.4).  Training:
+``finegrain.trainables.cvae.train.fit`` with a
+``finegrain.trainables.cvae.train_config.TrainConfig`` (imported on demand: Ray).
 """
 
+from finegrain.trainables.cvae.backmapper import CVAEBackmapper, GaussianMixtureSampler
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import (
     aa_loss,
@@ -33,4 +37,6 @@ __all__ = [
     "distance_matrix",
     "map_to_cg",
     "total_loss",
+    "CVAEBackmapper",
+    "GaussianMixtureSampler",
 ]

@@ -1,0 +1,557 @@
+"""Training the temporally coherent cVAE on Ray Train (paper 001, section 2.3; SI 4.1).
+
+:func:`train_loop_per_worker` is the per-worker loop of a
+``ray.train.torch.TorchTrainer``; :func:`fit` (the driver) builds the trainer
+from a :class:`~finegrain.trainables.cvae.train_config.TrainConfig`, tracks
+the run in MLflow and returns the trained :class:`CVAEBackmapper`.
+
+Per step t (0-based count of optimizer steps already taken):
+
+1. a batch of pairs (AA(t-1), CG(t), AA(t)) [B, *, 3] nm from the worker's
+   Ray Data shard (``get_dataset_shard("train").iter_torch_batches``);
+2. one shared translation (CG(t)'s centroid to the origin) and one uniform
+   random rotation per triplet, applied identically to AA(t), CG(t), AA(t-1);
+3. eq. 3 with lambda(t) (eq. 5) and beta(t) (eq. 6); L_ENERGY only once
+   lambda > 0; Adam; gradient-norm clipping at ``w_clip`` once lambda > 0.
+
+Checkpoints (a folder: ``model.pt``, ``optimizer.pt``, ``state.json``
+[step, epoch, next lambda/beta], plus ``gmm.pt`` / ``bank.pt`` at the end;
+tensors only, read with ``torch.load(weights_only=True)``) are reported every
+``checkpoint_every`` steps; a restarted worker group (``FailureConfig``) or a
+new run given ``resume_from`` continues at the saved step, so the schedules
+(functions of the step) continue exactly.  After the last step the workers
+encode their shards (posterior means, augmented as in training) and rank 0
+fits the latent GMM (section 2.4) and keeps a bank of training (CG(t),
+AA(t-1)) pairs for seeding inference.  Only rank 0 logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from finegrain.platform.shards import unflatten_pair_batch
+from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotations
+from finegrain.trainables.cvae.config import CVAEConfig
+from finegrain.trainables.cvae.losses import total_loss
+from finegrain.trainables.cvae.model import CVAE
+from finegrain.trainables.tune_hooks import report_local_to_tune, tune_callbacks
+
+if TYPE_CHECKING:
+    from finegrain.trainables.cvae.backmapper import CVAEBackmapper
+    from finegrain.trainables.cvae.train_config import TrainConfig
+
+__all__ = ["fit", "fit_detailed", "FitResult", "loop_config", "train_loop_per_worker", "prepare_triplet", "step_loss",
+           "save_checkpoint_dir", "load_checkpoint_state", "checkpoint_name"]
+
+CKPT_MODEL, CKPT_OPTIM, CKPT_META, CKPT_GMM, CKPT_BANK = "model.pt", "optimizer.pt", "state.json", "gmm.pt", "bank.pt"
+TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:09d}"
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint_dir(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                        meta: dict[str, Any], gmm: dict[str, torch.Tensor] | None = None,
+                        bank: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder: state_dicts (torch.save) and ``state.json`` (meta)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / CKPT_MODEL)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), folder / CKPT_OPTIM)
+    if gmm is not None:
+        torch.save(gmm, folder / CKPT_GMM)
+    if bank is not None:
+        torch.save(bank, folder / CKPT_BANK)
+    (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """Read a checkpoint folder: {"meta", "model", "optimizer"?, "gmm"?, "bank"?} (weights_only loads)."""
+    folder = Path(folder)
+    if not (folder / CKPT_META).is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not a cVAE checkpoint)")
+    out: dict[str, Any] = {"meta": json.loads((folder / CKPT_META).read_text())}
+    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM), ("gmm", CKPT_GMM), ("bank", CKPT_BANK)):
+        if (folder / name).is_file():
+            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- one step
+def prepare_triplet(aa_prev: torch.Tensor, cg: torch.Tensor, aa: torch.Tensor,
+                    generator: torch.Generator | None = None):
+    """Centre a batch of triplets on CG(t)'s centroid and (with a CPU ``generator``) rotate them.
+
+    aa_prev, aa [B, N, 3], cg [B, n, 3] nm -> the same shapes: one translation
+    and one uniformly random rotation per triplet, shared by its three frames
+    (section 2.3); ``generator=None`` centres only (validation).
+    """
+    ref = cg
+    aa_prev, aa = mean_centre(aa_prev, reference=ref), mean_centre(aa, reference=ref)
+    cg = mean_centre(cg, reference=ref)
+    if generator is not None:
+        rot = random_rotations(cg.shape[0], generator=generator, dtype=cg.dtype, device=cg.device)
+        aa_prev, cg, aa = (apply_rotation(x, rot) for x in (aa_prev, cg, aa))
+    return aa_prev, cg, aa
+
+
+def step_loss(module: torch.nn.Module, aa_prev: torch.Tensor | None, cg: torch.Tensor, aa: torch.Tensor, step: int,
+              mapping: torch.Tensor, energy_fn=None, generator: torch.Generator | None = None):
+    """Eq. 3 for one prepared batch at training step ``step``: (total, terms) of :func:`total_loss`.
+
+    ``module`` is a :class:`CVAE` (or its DDP wrapper); lambda and beta come
+    from its config's schedules at ``step``; L_ENERGY enters once lambda > 0
+    when ``energy_fn`` (positions [B, N, 3] nm -> U [B] kJ/mol) is given.
+    """
+    cfg = getattr(module, "module", module).config
+    out = module(aa, cg, aa_prev, generator=generator)
+    return total_loss(out.vox_pred, out.vox_target, out.xyz_pred, aa, cg, mapping, out.mu, out.logvar,
+                      lam=cfg.lambda_at(step), beta=cfg.beta_at(step), energy_fn=energy_fn, u_max=cfg.u_max)
+
+
+# ----------------------------------------------------------------------------- worker loop
+class _Worker:
+    """State of one training worker (see module docstring). ``config``: plain data from the driver."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+
+        self.c = config
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.cfg = CVAEConfig.from_dict(config["cvae"])
+        self.n_atoms, self.n_beads = int(config["n_atoms"]), int(config["n_beads"])
+        if config.get("cpus_per_worker"):
+            torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+        self.device = torch.device("cpu")
+        if config.get("use_gpu") and torch.cuda.is_available():
+            self.device = ray.train.torch.get_device()
+        torch.manual_seed(_seed(config["seed"], 0))  # identical initial weights on every rank
+        self.raw = CVAE(self.cfg, self.n_atoms, self.n_beads).to(self.device)
+        self.opt = torch.optim.Adam(self.raw.parameters(), lr=self.cfg.learning_rate)
+        self.mapping = torch.tensor(config["mapping_matrix"], dtype=torch.float32, device=self.device)
+        self.step, self.epoch = 0, 0
+        self._restore(ray.train.get_checkpoint(), config.get("resume_from"))
+        self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
+        self.energy_fn = self._energy_model()
+        self._reseed()
+        self.logger = None
+        if self.rank == 0 and config.get("run_id"):
+            from finegrain.platform.tracking import MetricLogger
+
+            self.logger = MetricLogger(config["run_id"], config.get("tracking_uri"))
+
+    # -- setup ---------------------------------------------------------------
+    def _restore(self, checkpoint, resume_from: str | None) -> None:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                ck = load_checkpoint_state(d)
+        elif resume_from:
+            ck = load_checkpoint_state(resume_from)
+        else:
+            return
+        meta = ck["meta"]
+        if (meta["n_atoms"], meta["n_beads"]) != (self.n_atoms, self.n_beads):
+            raise ValueError(f"checkpoint is for {meta['n_atoms']} atoms / {meta['n_beads']} beads, the data has "
+                             f"{self.n_atoms} / {self.n_beads}")
+        try:
+            self.raw.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint weights do not fit the configured model (architecture changed?): "
+                             f"{exc}") from None
+        if "optimizer" in ck:
+            self.opt.load_state_dict(ck["optimizer"])
+        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+
+    def _energy_model(self):
+        """U(x) for L_ENERGY, only when lambda can become > 0 within the budget."""
+        if not self.c.get("energy", True) or self.cfg.t_lambda0 >= self.c["max_steps"]:
+            return None
+        from finegrain.platform.energies import energy_model
+
+        try:
+            return energy_model(self.c["system"], backend=self.c.get("energy_backend", "torch"),
+                                device=self.device, dtype=torch.float32)
+        except Exception as exc:  # unknown system, unsupported force, ...
+            raise ValueError(f"training.energy: no energy model for system {self.c['system']!r} ({exc}); "
+                             f"set training.energy=false to train without L_ENERGY") from exc
+
+    def _reseed(self) -> None:
+        """Generators for rotations (CPU) and eps (device), a function of (seed, rank, step)."""
+        s = _seed(self.c["seed"], self.rank, self.step)
+        self.gen = torch.Generator().manual_seed(s)
+        self.gen_dev = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(s + 1)
+
+    # -- one batch -------------------------------------------------------------
+    def _triplet(self, batch: dict, rotate: bool):
+        aa_prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
+        aa_prev, cg, aa = prepare_triplet(aa_prev, cg, aa, self.gen if rotate else None)
+        return (None if self.cfg.frame_based else aa_prev), cg, aa
+
+    def _loss(self, module, aa_prev, cg, aa, step: int, generator):
+        return step_loss(module, aa_prev, cg, aa, step, self.mapping, energy_fn=self.energy_fn, generator=generator)
+
+    def _train_step(self, batch: dict) -> dict[str, float]:
+        self.model.train()
+        aa_prev, cg, aa = self._triplet(batch, rotate=True)
+        loss, terms = self._loss(self.model, aa_prev, cg, aa, self.step, self.gen_dev)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.clip_at(self.step)
+        # the norm is taken after DDP's all-reduce: every rank takes the same decision
+        norm = torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip if clip is not None else float("inf"))
+        terms["grad_norm"] = float(norm)
+        if torch.isfinite(norm):
+            self.opt.step()
+            terms["skipped"] = 0.0
+        else:
+            terms["skipped"] = 1.0
+        return terms
+
+    # -- validation --------------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        import ray.train
+
+        self.raw.eval()
+        gen = torch.Generator().manual_seed(_seed(self.c["seed"], 7, self.rank))
+        gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(_seed(self.c["seed"], 7))
+        sums = torch.zeros(len(TERMS) + 1, dtype=torch.float64)
+        shard = ray.train.get_dataset_shard("validation")
+        for batch in shard.iter_torch_batches(batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device):
+            aa_prev, cg, aa = self._triplet(batch, rotate=False)
+            _, terms = self._loss(self.raw, aa_prev, cg, aa, max(self.step - 1, 0), gen)  # as the last update
+            b = aa.shape[0]
+            sums[:-1] += torch.tensor([terms.get(k, 0.0) * b for k in TERMS], dtype=torch.float64)
+            sums[-1] += b
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        n = float(sums[-1])
+        energy_on = self.energy_fn is not None and self.cfg.lambda_at(max(self.step - 1, 0)) > 0
+        keep = [k for k in TERMS if k != "energy" or energy_on]
+        return {f"val_{k}": float(sums[TERMS.index(k)]) / n for k in keep} if n > 0 else {}
+
+    # -- GMM and seed bank ----------------------------------------------------------
+    @torch.no_grad()
+    def _posterior_and_bank(self) -> tuple[dict | None, dict | None]:
+        """Rank 0: (GMM arrays fitted to posterior means of all shards, bank of (CG, AA(t-1))); others: (None, None)."""
+        import ray.train
+
+        from finegrain.trainables.cvae.backmapper import GaussianMixtureSampler
+
+        self.raw.eval()
+        per_rank = -(-int(self.c["gmm_max_samples"]) // self.world)
+        bank_cap = int(self.c["bank_size"])
+        mus, bank_cg, bank_prev, n = [], [], [], 0
+        shard = ray.train.get_dataset_shard("train")
+        for batch in shard.iter_torch_batches(batch_size=max(self.cfg.batch_size, 64), dtypes=torch.float32,
+                                              device=self.device):
+            if n < per_rank:  # keep draining the shard: streaming splits are consumed together
+                aa_prev_c, cg_c, _ = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
+                if not self.cfg.frame_based and sum(len(x) for x in bank_cg) < bank_cap:
+                    bank_cg.append(mean_centre(cg_c, reference=cg_c).cpu())
+                    bank_prev.append(mean_centre(aa_prev_c, reference=cg_c).cpu())
+                aa_prev, cg, aa = self._triplet(batch, rotate=True)
+                mu, _ = self.raw.encode(aa, cg, aa_prev)
+                mus.append(mu.double().cpu().numpy())
+                n += mu.shape[0]
+        local = (np.concatenate(mus) if mus else np.zeros((0, self.cfg.d_latent)),
+                 torch.cat(bank_cg) if bank_cg else None, torch.cat(bank_prev) if bank_prev else None)
+        gathered = [local]
+        if self.world > 1:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, local)
+        if self.rank != 0:
+            return None, None
+        z = np.concatenate([g[0] for g in gathered])
+        gmm = None
+        if self.c.get("latent_prior", "gmm") == "gmm" and len(z) > 0:
+            fit = GaussianMixtureSampler.fit(z, self.cfg.n_gmm_components, seed=self.c["seed"])
+            gmm = {k.split(".", 1)[1]: v for k, v in fit.to_state().items()}
+        bank = None
+        if not self.cfg.frame_based:
+            cgs = torch.cat([g[1] for g in gathered if g[1] is not None])
+            prevs = torch.cat([g[2] for g in gathered if g[2] is not None])
+            pick = np.random.default_rng(self.c["seed"]).permutation(len(cgs))[:bank_cap]
+            bank = {"cg": cgs[pick].contiguous(), "aa_prev": prevs[pick].contiguous()}
+        return gmm, bank
+
+    # -- reporting ---------------------------------------------------------------------
+    def _meta(self, final: bool) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "lambda_next": self.cfg.lambda_at(self.step),
+                "beta_next": self.cfg.beta_at(self.step), "cvae": self.cfg.to_dict(), "n_atoms": self.n_atoms,
+                "n_beads": self.n_beads, "mapping": self.c.get("mapping_name"), "world_size": self.world,
+                "final": final}
+
+    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False,
+                gmm: dict | None = None, bank: dict | None = None) -> None:
+        import ray.train
+
+        if self.logger is not None:
+            self.logger.log(self.step, metrics)
+            self.logger.flush()
+        metrics = {**metrics, "step": self.step}
+        if self.c.get("local_mode"):
+            report_local_to_tune(metrics)
+        if not checkpoint:
+            ray.train.report(metrics)
+            return
+        name = checkpoint_name(self.step)
+        if self.c.get("local_mode"):  # no controller persists it: write straight into the run folder
+            folder = Path(self.c["storage_dir"]) / name
+            if self.rank == 0:
+                save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final), gmm, bank)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = None
+            if self.rank == 0:
+                save_checkpoint_dir(tmp, self.raw, self.opt, self._meta(final), gmm, bank)
+                ck = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        import ray.train
+
+        c, cfg = self.c, self.cfg
+        max_steps = int(c["max_steps"])
+        bar = self._progress(max_steps)
+        shard = ray.train.get_dataset_shard("train")
+        acc: dict[str, float] = {}
+        n_acc, t_busy = 0, 0.0
+        while self.step < max_steps:
+            n_batches = 0
+            t0 = time.perf_counter()
+            for batch in shard.iter_torch_batches(
+                    batch_size=cfg.batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
+                    local_shuffle_buffer_size=c.get("shuffle_buffer") or None,
+                    local_shuffle_seed=_seed(c["seed"], self.rank, self.epoch)):
+                n_batches += 1
+                self._maybe_inject_failure()
+                used = self.step
+                terms = self._train_step(batch)
+                self.step += 1
+                t_busy += time.perf_counter() - t0
+                for k, v in terms.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                n_acc += 1
+                if bar is not None:
+                    bar.update(1)
+                log_now = self.step % c["log_every"] == 0 or self.step == max_steps
+                eval_now = c.get("has_validation") and (self.step % c["eval_every"] == 0 or self.step == max_steps)
+                ckpt_now = self.step % c["checkpoint_every"] == 0 and self.step < max_steps
+                if log_now or eval_now or ckpt_now:
+                    metrics = {f"train_{k}" if k in TERMS else k: v / n_acc for k, v in acc.items()
+                               if k not in ("lambda", "beta")}
+                    metrics.update({"lambda": cfg.lambda_at(used), "beta": cfg.beta_at(used),
+                                    "lr": self.opt.param_groups[0]["lr"], "epoch": float(self.epoch),
+                                    "samples_per_s": n_acc * cfg.batch_size * self.world / max(t_busy, 1e-9)})
+                    if eval_now:
+                        metrics.update(self._validate())
+                    self._report(metrics, checkpoint=ckpt_now)
+                    if ckpt_now:
+                        self._reseed()  # the RNG stream after a checkpoint is what a resumed run draws
+                    acc, n_acc, t_busy = {}, 0, 0.0
+                if self.step >= max_steps:
+                    break
+                t0 = time.perf_counter()
+            if n_batches == 0:
+                raise ValueError(f"data: the training split gives no full batch of {cfg.batch_size} pairs per "
+                                 f"worker ({self.world} workers); use more data or a smaller model.batch_size")
+            if self.step < max_steps:
+                self.epoch += 1
+        if bar is not None:
+            bar.close()
+        gmm, bank = self._posterior_and_bank()
+        final = {"lambda": cfg.lambda_at(max(self.step - 1, 0)), "beta": cfg.beta_at(max(self.step - 1, 0))}
+        if gmm is not None:
+            final["gmm_components"] = float(len(gmm["weights"]))
+        self._report(final, checkpoint=True, final=True, gmm=gmm, bank=bank)
+
+    def _maybe_inject_failure(self) -> None:
+        """Fault-tolerance drill: rank 0 raises once at step ``inject_failure_at`` (a marker file makes it once)."""
+        at = self.c.get("inject_failure_at")
+        if at is None or self.step != at or self.rank != 0:
+            return
+        marker = Path(self.c["storage_dir"]) / f".injected_failure_{at}"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise RuntimeError(f"injected failure at step {at} (training.inject_failure_at)")
+
+    def _progress(self, total: int):
+        if self.rank != 0 or not self.c.get("progress"):
+            return None
+        if self.c.get("local_mode"):
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, initial=self.step, desc="train cVAE", unit="step")
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total, desc="train cVAE")
+        bar.update(self.step)
+        return bar
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train loop (``TorchTrainer(train_loop_per_worker, train_loop_config=config)``).
+
+    ``config`` (plain data, built by :func:`loop_config`): cvae (CVAEConfig
+    dict), n_atoms, n_beads, mapping_matrix [n, N], mapping_name, system, seed,
+    max_steps, log_every, eval_every, checkpoint_every, has_validation,
+    use_gpu, cpus_per_worker, energy, energy_backend, latent_prior,
+    gmm_max_samples, bank_size, shuffle_buffer, resume_from, local_mode,
+    storage_dir, run_id, tracking_uri, progress, inject_failure_at.
+    """
+    _Worker(config).run()
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclass
+class FitResult:
+    """What :func:`fit_detailed` made: the backmapper, its MLflow run/model, its folders."""
+
+    backmapper: "CVAEBackmapper"
+    run_id: str | None
+    model_uri: str | None
+    model_folder: Path
+    checkpoint: Path
+    run_dir: Path
+
+
+def fit(config: "TrainConfig") -> tuple["CVAEBackmapper", str | None]:
+    """Train on Ray Train, track in MLflow; returns (backmapper, MLflow run id or None)."""
+    r = fit_detailed(config)
+    return r.backmapper, r.run_id
+
+
+def loop_config(config: "TrainConfig", manifest, mapping, *, local_mode: bool, storage_dir: Path,
+                has_validation: bool, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """The plain-data ``train_loop_config`` of :func:`train_loop_per_worker`."""
+    t, cvae = config.training, config.cvae()
+    return {
+        "cvae": cvae.to_dict(), "n_atoms": manifest.n_atoms, "n_beads": manifest.n_beads,
+        "mapping_matrix": np.asarray(mapping.matrix).tolist(), "mapping_name": mapping.name,
+        "system": manifest.system, "seed": t.seed, "max_steps": cvae.max_steps, "log_every": t.log_every,
+        "eval_every": t.eval_every, "checkpoint_every": t.checkpoint_every, "has_validation": has_validation,
+        "use_gpu": t.use_gpu, "cpus_per_worker": t.cpus_per_worker, "energy": t.energy,
+        "energy_backend": t.energy_backend, "latent_prior": t.latent_prior, "gmm_max_samples": t.gmm_max_samples,
+        "bank_size": t.bank_size, "shuffle_buffer": config.data.shuffle_buffer,
+        "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None,
+        "local_mode": local_mode, "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri,
+        "progress": t.progress, "inject_failure_at": t.inject_failure_at,
+    }
+
+
+def _pairs(config: "TrainConfig", split: str):
+    from finegrain.platform.shards import pair_dataset
+
+    d = config.data
+    ds = pair_dataset(d.shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions))
+    ds = ds.select_columns(["aa_prev", "cg", "aa"])
+    return ds.materialize() if d.materialize else ds
+
+
+def fit_detailed(config: "TrainConfig") -> FitResult:
+    """:func:`fit`, returning everything it made (see :class:`FitResult`).
+
+    Connects to Ray when not connected (the local stack, or the job's cluster).
+    Ray Train's storage (checkpoints) and the saved model folder go under
+    ``training.work_dir`` (default ``$FINEGRAIN_HOME/runs``), in a folder
+    named after the MLflow run.
+    """
+    import uuid
+
+    import mdtraj as md
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from finegrain.platform import tracking
+    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.shards import Manifest, split_trajectories
+    from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
+    from finegrain.trainables.cvae.backmapper import CVAEBackmapper
+
+    t = config.training
+    shards = Path(config.data.shards).resolve()
+    man = Manifest.load(shards)
+    mapping = CGMapping.from_dict(man.mapping)
+    topology = md.load_topology(str(shards / man.topology_pdb))
+    splits = split_trajectories(man, tuple(config.data.fractions), config.data.seed)
+    if not ray.is_initialized():
+        connect_ray()
+    if t.use_gpu and t.num_workers > 0 and ray.cluster_resources().get("GPU", 0) < t.num_workers:
+        raise ValueError(f"training.use_gpu: {t.num_workers} worker(s) need a GPU each, the Ray cluster has "
+                         f"{ray.cluster_resources().get('GPU', 0):g}; set training.use_gpu=false")
+    data_ctx = ray.data.DataContext.get_current()
+    bars = data_ctx.enable_progress_bars
+    data_ctx.enable_progress_bars = bars and t.progress
+    try:
+        datasets = {"train": _pairs(config, "train")}
+        if splits["validation"]:
+            datasets["validation"] = _pairs(config, "validation")
+    finally:
+        data_ctx.enable_progress_bars = bars
+    uri = run_id = None
+    if config.tracking.enabled:
+        uri = tracking_uri()
+        tags = {"family": "cvae", "dataset_digest": man.digest, "mapping": mapping.name, "system": man.system,
+                "data.shards": str(shards), "resumed_from": str(t.resume_from or "")}
+        if config.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+        params = {**config.flat(), "data.n_train_trajectories": len(splits["train"]),
+                  "data.n_validation_trajectories": len(splits["validation"]), "data.n_frames": man.n_frames}
+        run_id = tracking.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name,
+                                    uri=uri)
+    try:
+        work = Path(t.work_dir or stack_home() / "runs").resolve()
+        name = f"cvae-{run_id}" if run_id else f"cvae-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        local = t.num_workers == 0
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config(config, man, mapping, local_mode=local, storage_dir=work / name,
+                                          has_validation="validation" in datasets, run_id=run_id, tracking_uri=uri),
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker=None if local else resources),
+            run_config=RunConfig(name=name, storage_path=str(work), callbacks=tune_callbacks(),
+                                 failure_config=FailureConfig(max_failures=t.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+            datasets=datasets,
+        )
+        result = trainer.fit()
+        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system}
+        with result.checkpoint.as_directory() as d:
+            ck_path = Path(result.checkpoint.path)
+            bm = CVAEBackmapper.from_checkpoint(d, topology, mapping, prior=t.latent_prior, info=info)
+        folder = bm.save(work / name / "model")
+        model_uri = None
+        if run_id:
+            model_uri = tracking.log_backmapper(bm, name=config.tracking.model_name,
+                                                registered_model_name=config.tracking.register_as,
+                                                run_id=run_id, uri=uri)
+            tracking.end_run(run_id, uri=uri)
+    except BaseException:
+        if run_id:
+            tracking.end_run(run_id, failed=True, uri=uri)
+        raise
+    return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)

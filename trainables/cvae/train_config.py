@@ -1,0 +1,238 @@
+"""The typed top-level configuration of a cVAE training run (YAML + ``--set`` overrides).
+
+A config file has four sections; every key is optional except ``data.shards``::
+
+    data:                      # where the pairs (AA(t-lag), CG(t), AA(t)) come from
+      shards: path/to/shards   # a `finegrain ingest` output folder (manifest.json)
+      lag: 1                   # frames between AA(t-1) and AA(t)
+      fractions: [0.8, 0.1, 0.1]   # train / validation / test, by whole trajectories
+      seed: 0                  # split seed
+    model:                     # CVAEConfig (Table 1): a preset plus field overrides
+      preset: adp              # adp | chignolin | smoke
+      frame_based: false       # ...any CVAEConfig field
+    training:
+      max_steps: null          # null: the preset's (Table 1) step count
+      checkpoint_every: 10000
+      eval_every: 10000
+      num_workers: 1           # Ray Train workers (DDP); 0 runs in this process
+      use_gpu: false
+      cpus_per_worker: 1.0
+      max_failures: 2
+    tracking:
+      experiment: cvae
+      register_as: null        # a registered-model name for the final model
+
+``--set section.key=value`` overrides any key; values are parsed as YAML
+(``8`` -> int, ``true`` -> bool, ``[0.5, 0.5, 0]`` -> list, ``null`` -> None).
+Validation errors are :class:`ConfigError` (a ``ValueError``) naming the key.
+Every default lives here or in :class:`~finegrain.trainables.cvae.config.CVAEConfig`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from finegrain.trainables.cvae.config import CVAEConfig
+
+__all__ = ["TrainConfig", "ConfigError", "apply_overrides", "flatten"]
+
+PRESETS = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin, "smoke": CVAEConfig.smoke}
+
+
+class ConfigError(ValueError):
+    """A training config that does not validate; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    """Training data: a shard folder and how to cut it into temporal pairs."""
+
+    shards: Path
+    lag: int = Field(1, ge=1, description="frames between AA(t-lag) and AA(t)")
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = Field(0, description="seed of the trajectory split")
+    materialize: bool = Field(True, description="hold the pairs in the Ray object store (no re-read per epoch)")
+    shuffle_buffer: int = Field(1024, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v):
+        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-9 or v[0] <= 0:
+            raise ValueError(f"three non-negative numbers summing to 1 with train > 0, got {list(v)}")
+        return v
+
+
+class ModelSection(BaseModel):
+    """A CVAEConfig preset (Table 1) plus overrides of any of its fields."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    preset: Literal["adp", "chignolin", "smoke"] = "adp"
+
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainingSection(_Section):
+    """The run: budget, cadence, scaling, fault tolerance, inference extras."""
+
+    max_steps: int | None = Field(None, ge=1, description="None: the preset's (Table 1) count")
+    checkpoint_every: int = Field(10_000, ge=1)
+    eval_every: int = Field(10_000, ge=1)
+    log_every: int = Field(100, ge=1)
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs in this process (local mode)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
+    keep_checkpoints: int | None = Field(None, ge=1, description="checkpoints kept on disk; None: all")
+    seed: int = 0
+    energy: bool = Field(True, description="add lambda L_ENERGY once lambda > 0 (needs an energy model of the system)")
+    energy_backend: Literal["torch", "openmm"] = "torch"
+    latent_prior: Literal["gmm", "normal"] = Field("gmm", description="inference prior: GMM on the posterior or N(0, I)")
+    gmm_max_samples: int = Field(100_000, ge=1, description="posterior means used to fit the GMM")
+    bank_size: int = Field(1024, ge=1, description="training (CG(t), AA(t-1)) pairs kept to seed inference")
+    resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
+    work_dir: Path | None = Field(None, description="Ray Train storage and model folders; None: $FINEGRAIN_HOME/runs")
+    progress: bool = True
+    inject_failure_at: int | None = Field(None, ge=0, description="drill: rank 0 raises once at this step")
+
+
+class TrackingSection(_Section):
+    """MLflow: one run per training, in ``experiment``."""
+
+    enabled: bool = True
+    experiment: str = "cvae"
+    run_name: str | None = None
+    model_name: str = "model"
+    register_as: str | None = None
+    parent_run_id: str | None = Field(None, description="nest the run under this MLflow run (a sweep's parent)")
+
+
+class TrainConfig(_Section):
+    """The whole configuration of one cVAE training run."""
+
+    data: DataSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    # ------------------------------------------------------------------ derived
+    def cvae(self) -> CVAEConfig:
+        """The resolved CVAEConfig: preset, overrides, then ``training.max_steps``."""
+        cfg = PRESETS[self.model.preset](**self.model.overrides())
+        if self.training.max_steps is not None:
+            cfg = cfg.replace(max_steps=self.training.max_steps)
+        return cfg
+
+    def flat(self) -> dict[str, str]:
+        """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
+        d = self.model_dump(mode="json")
+        d["model"] = {"preset": self.model.preset, **self.cvae().to_dict()}
+        return flatten(d)
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Validate a nested dict; every problem is reported as ``key 'a.b': reason``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections data/model/training/tracking, "
+                              f"got {type(data).__name__}")
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        if cfg.training.max_steps is not None and "max_steps" in cfg.model.overrides():
+            raise ConfigError(f"{source}: key 'training.max_steps' and key 'model.max_steps' are both set; keep one")
+        try:
+            cfg.cvae()
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {_cvae_key(str(exc))}: {exc}") from None
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
+        """Load a YAML file, apply ``--set key=value`` overrides, validate.
+
+        A relative ``data.shards`` / ``training.*`` path in the file is taken
+        relative to the current directory (as typed on the command line).
+        """
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config {path}: cannot read ({exc})") from None
+        return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
+
+    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
+        """A validated copy with ``key=value`` overrides applied."""
+        return TrainConfig.from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (a copy); values parsed as YAML."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(data) if data else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. training.max_steps=100)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: key '{'.'.join(parts[: i + 1])}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {'a.b.c': str(value)}; lists and None are rendered as text."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = "null" if v is None else str(v)
+    return out
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        return f"key '{loc}': unknown key"
+    if err.get("type") == "missing":
+        return f"key '{loc}': required"
+    got = err.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"key '{loc}': {msg}{got_s}"
+
+
+def _cvae_key(message: str) -> str:
+    """The config key a CVAEConfig error is about (CVAEConfig names its fields)."""
+    m = re.search(r"unknown field\(s\) \['([^']+)'", message)
+    if m:
+        return f"key 'model.{m.group(1)}'"
+    m = re.search(r"CVAEConfig\.(\w+)", message)
+    return f"key 'model.{m.group(1)}'" if m else "key 'model'"
