@@ -1,0 +1,80 @@
+"""``finegrain evaluate | leaderboard | baseline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command()(leaderboard)
+    app.command()(baseline)
+
+
+def evaluate(
+    model: str = typer.Option(..., help="Model URI (runs:/..., models:/NAME@alias) or a saved model folder."),
+    reference: Path = typer.Option(..., help="Reference: a shard folder, or an AA trajectory (with --top)."),
+    top: Optional[Path] = typer.Option(None, help="AA topology for a trajectory reference."),
+    cg: Optional[Path] = typer.Option(None, help="Separate CG trajectory (generalization test); default: mapped reference."),
+    cg_top: Optional[Path] = typer.Option(None, help="CG topology for --cg."),
+    samples: int = typer.Option(1, help="Samples per CG frame (diversity)."),
+    seed: int = typer.Option(0, help="Random seed for sampling."),
+    out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
+    lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: 5 ps ADP, 4 ns chignolin)."),
+) -> None:
+    """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
+    from rich.console import Console
+
+    from finegrain.platform.evaluation import evaluate as run
+
+    res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps)
+    console = Console()
+    for k in sorted(res.metrics):
+        console.print(f"{k:32s} {res.metrics[k]:.6g}")
+    console.print(f"MLflow run {res.run_id}; report {res.report}")
+
+
+def leaderboard(
+    system: str = typer.Option(..., help="Reference system, e.g. adp."),
+    data: Optional[str] = typer.Option(None, help="Data set hash (default: that of the latest evaluation)."),
+    evaluation: Optional[str] = typer.Option(None, help="in-distribution or generalization (default: both)."),
+) -> None:
+    """Latest evaluation of every model on the same data, side by side."""
+    from rich.console import Console
+
+    from finegrain.platform.evaluation import leaderboard as board
+
+    Console().print(leaderboard_table(board(system, data_hash=data, evaluation=evaluation), system))
+
+
+def leaderboard_table(rows: list[dict], system: str):
+    """A rich Table of leaderboard rows (also used by the demo)."""
+    from rich.table import Table
+
+    from finegrain.platform.evaluation import KEY_METRICS
+
+    table = Table(title=f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else ""))
+    table.add_column("model")
+    for k in KEY_METRICS:
+        table.add_column(k, justify="right")
+    for row in rows:
+        table.add_row(row["model_label"], *("-" if row[k] is None else f"{row[k]:.4g}" for k in KEY_METRICS))
+    return table
+
+
+def baseline(
+    family: str = typer.Argument(..., help="nullspace (seed 000 fibre sampler) or em (placement + restrained minimisation)."),
+    shards: Path = typer.Option(..., help="Training shard folder."),
+    register_as: Optional[str] = typer.Option(None, help="Also register the model under this name."),
+    seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
+) -> None:
+    """Fit a baseline on a shard folder and log it to MLflow; prints the model URI."""
+    from finegrain.platform.stack import tracking_uri
+    from finegrain.trainables.baseline_fit import fit_baseline
+
+    tracking_uri()  # fails clearly when the stack is not running
+    _, uri = fit_baseline(family, shards, seed=seed, registered_model_name=register_as)
+    typer.echo(f"model URI: {uri}")

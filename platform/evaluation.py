@@ -1,0 +1,225 @@
+"""The evaluation job: backmap a CG trajectory with any model, compare with the reference AA.
+
+``evaluate(model, reference, ...)``: the reference is a shard folder (from
+``finegrain ingest``) or an AA trajectory + topology; the CG input defaults
+to the mapped reference (in-distribution test) and may be a separate CG
+trajectory (generalization test, e.g. from a CG force field). Every model
+family goes through the same ``Backmapper.backmap_xyz``; metrics come from
+:func:`finegrain.platform.metrics.evaluate_frames`. Results go to one MLflow
+run (experiment ``finegrain-evaluation``) tagged with the model's run id and
+the data set hash, and to ``OUT/report.json`` + ``OUT/*.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "leaderboard", "EVAL_EXPERIMENT"]
+
+EVAL_EXPERIMENT = "finegrain-evaluation"
+#: Leaderboard columns: (metric, better) — lower is better for all of these.
+KEY_METRICS = ("rmsd_cg_nm", "js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol",
+               "energy_p99_excess_kj_mol", "clash_fraction", "kl_fes", "its_ratio_1", "js_velocity",
+               "diversity_rmsd_nm", "frames_per_s")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    run_id: str | None
+    report: Path | None
+    figures: dict = field(default_factory=dict, repr=False)
+
+
+def load_reference(reference: str | Path, mapping, top: str | Path | None = None) -> dict:
+    """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system`` and ``data_hash``.
+
+    reference : a shard folder, or an AA trajectory file (then ``top`` is needed).
+    """
+    import mdtraj as md
+
+    from finegrain.platform.shards import Manifest, read_frames
+    from finegrain.platform.validation import InputError, check_units_nm, check_xyz
+
+    path = Path(reference)
+    if path.is_dir():
+        man = Manifest.load(path)
+        if man.mapping["bead_names"] != list(mapping.bead_names):
+            raise InputError(f"reference {path}: mapped with beads {man.mapping['bead_names']}, "
+                             f"the model's mapping '{mapping.name}' has {list(mapping.bead_names)}")
+        frames = read_frames(path)
+        frames.update(system=man.system, data_hash=man.digest)
+        return frames
+    if top is None:
+        raise InputError(f"reference {path}: an AA trajectory needs --top")
+    try:
+        traj = md.load(str(path), top=str(top))
+    except Exception as exc:
+        raise InputError(f"reference {path}: unreadable with topology {top} ({type(exc).__name__}: {exc})") from exc
+    xyz = check_xyz(traj.xyz, mapping.n_atoms, f"reference {path}")
+    check_units_nm(xyz, np.array([[b[0].index, b[1].index] for b in traj.topology.bonds]), f"reference {path}")
+    digest = hashlib.sha256(xyz.tobytes()).hexdigest()[:16]
+    return {"aa_xyz_nm": xyz, "cg_xyz_nm": mapping.map(xyz.astype(np.float64)).astype(np.float32),
+            "traj_id": np.full(traj.n_frames, path.stem), "frame": np.arange(traj.n_frames),
+            "time_ps": np.asarray(traj.time, np.float64), "energy_kj_mol": np.full(traj.n_frames, np.nan),
+            "system": "custom", "data_hash": digest}
+
+
+def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_samples: int = 1,
+                         seed: int = 0) -> tuple[np.ndarray, float]:
+    """Backmap each trajectory (frames in order) separately: [K, F, N, 3] nm and seconds spent."""
+    out = np.empty((n_samples, cg_xyz.shape[0], model.mapping.n_atoms, 3), np.float32)
+    t0 = time.perf_counter()
+    for k, tid in enumerate(dict.fromkeys(np.asarray(traj_id).tolist())):
+        rows = np.flatnonzero(np.asarray(traj_id) == tid)
+        out[:, rows] = model.backmap_xyz(cg_xyz[rows], n_samples=n_samples, seed=seed + k)
+    return out, time.perf_counter() - t0
+
+
+def _energy_fn(system: str):
+    """Batched float64 torch energies of a reference system, or None when it is not one."""
+    import torch
+
+    from finegrain.datasets.systems import available_systems
+    from finegrain.platform.energies import energy_model
+
+    if system not in available_systems():
+        return None
+    model = energy_model(system, backend="torch", dtype=torch.float64)
+
+    def fn(xyz: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(torch.as_tensor(xyz[i:i + 1024], dtype=torch.float64)).numpy()
+                                   for i in range(0, len(xyz), 1024)])
+
+    return fn
+
+
+def _model_run_id(model: str) -> str | None:
+    if model.startswith("runs:/"):
+        return model.split("/")[1]
+    if model.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        from finegrain.platform.stack import tracking_uri
+
+        client, spec = MlflowClient(tracking_uri()), model[len("models:/"):]
+        name, _, alias = spec.partition("@")
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(*spec.split("/"))
+        return mv.run_id
+    return None
+
+
+def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None, cg: str | Path | None = None,
+             cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
+             experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
+             lag_ps: float | None = None) -> EvalResult:
+    """Backmap, compare, log (see module docstring). Returns metrics, run id and report path."""
+    import mdtraj as md
+
+    from finegrain.platform.metrics import evaluate_frames
+    from finegrain.platform.tracking import load_backmapper_any
+
+    if samples < 1:
+        raise ValueError(f"samples: must be >= 1, got {samples}")
+    bm = load_backmapper_any(model)
+    ref = load_reference(reference, bm.mapping, top)
+    system = system or ref["system"]
+    if cg is None:
+        cg_xyz, cg_tid, kind = ref["cg_xyz_nm"], ref["traj_id"], "in-distribution"
+        cg_hash = ref["data_hash"]
+    else:
+        if cg_top is None:
+            raise ValueError("cg: a CG trajectory needs --cg-top")
+        cg_traj = md.load(str(cg), top=str(cg_top))
+        names = None if bm.mapping.matches_bead_names(cg_traj.topology) else [a.name for a in cg_traj.topology.atoms]
+        cg_xyz = bm.check_cg(cg_traj.xyz, f"cg {cg}", bead_names=names)
+        cg_tid, kind = np.full(cg_traj.n_frames, Path(cg).stem), "generalization"
+        cg_hash = hashlib.sha256(cg_xyz.tobytes()).hexdigest()[:16]
+    samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
+    backmapped = {"aa_xyz_nm": samples_xyz[0], "cg_xyz_nm": cg_xyz, "traj_id": cg_tid,
+                  "samples": samples_xyz if samples > 1 else None}
+    if cg is not None:
+        backmapped["time_ps"] = np.asarray(cg_traj.time, np.float64)
+    backmapped = {k: v for k, v in backmapped.items() if v is not None}
+    metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, system,
+                                       energy_fn=_energy_fn(system), seed=seed, lag_ps=lag_ps)
+    metrics["frames_per_s"] = samples_xyz.shape[0] * samples_xyz.shape[1] / max(seconds, 1e-9)
+    tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
+            "model_label": bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
+            "cg_hash": cg_hash, "evaluation": kind}
+    report = _write_report(out, metrics, tags, figures) if out is not None else None
+    run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None
+    return EvalResult(metrics=metrics, run_id=run_id, report=report, figures=figures)
+
+
+def _write_report(out, metrics, tags, figures) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    path = out / "report.json"
+    path.write_text(json.dumps({"tags": tags, "metrics": metrics, "figures": sorted(figures)}, indent=1))
+    return path
+
+
+def _log(experiment, metrics, tags, figures, report, samples) -> str:
+    import mlflow
+
+    from finegrain.platform.stack import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    # by id, not set_experiment: a process-wide active experiment breaks later resumes of other runs
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    name = f"eval-{tags['model_label']}-{tags['system']}-{tags['evaluation']}"
+    with mlflow.start_run(run_name=name, experiment_id=exp_id) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({"samples": samples, "evaluation": tags["evaluation"]})
+        mlflow.log_metrics(metrics)
+        for fname, fig in figures.items():
+            mlflow.log_figure(fig, f"plots/{fname}.png")
+        if report is not None:
+            mlflow.log_artifact(str(report))
+        return run.info.run_id
+
+
+def leaderboard(system: str, experiment: str = EVAL_EXPERIMENT, data_hash: str | None = None,
+                evaluation: str | None = None) -> list[dict]:
+    """Latest evaluation of every model label on the same data (MLflow ``search_runs``).
+
+    data_hash : which data set (default: that of the most recent evaluation of ``system``).
+    Returns rows {model_label, family, run_id, model_uri, <KEY_METRICS>} sorted by js_bonds.
+    """
+    from mlflow import MlflowClient
+
+    from finegrain.platform.stack import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    filt = f"tags.system = '{system}'"
+    if evaluation:
+        filt += f" and tags.evaluation = '{evaluation}'"
+    runs = client.search_runs([exp.experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                              max_results=1000)
+    if not runs:
+        return []
+    data_hash = data_hash or runs[0].data.tags.get("data_hash")
+    rows: dict[str, dict] = {}
+    for r in runs:
+        t = r.data.tags
+        if t.get("data_hash") != data_hash or t.get("model_label") in rows:
+            continue
+        rows[t["model_label"]] = {"model_label": t["model_label"], "family": t.get("family"), "run_id": r.info.run_id,
+                                  "model_uri": t.get("model_uri"), "data_hash": data_hash,
+                                  **{k: r.data.metrics.get(k) for k in KEY_METRICS}}
+    return sorted(rows.values(), key=lambda row: (row["js_bonds"] is None, row["js_bonds"] or 0.0))
