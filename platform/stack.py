@@ -200,6 +200,9 @@ class LocalStack:
             "RAY_AUTH_TOKEN_PATH": str(token_path),
             "MLFLOW_TRACKING_URI": mlflow_uri,
             "FINEGRAIN_HOME": str(self.home),
+            # Ray's own actors (e.g. Train's placement-group cleaner) resolve "auto" through this:
+            # without it a second Ray instance on the machine makes them fail
+            "RAY_ADDRESS": f"127.0.0.1:{gcs_port}",
             "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",

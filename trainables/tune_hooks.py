@@ -1,23 +1,21 @@
 """How a training run reports to Ray Tune when it runs as a sweep trial.
 
 Every family's driver builds a ``TorchTrainer`` (the Train V2 pattern: the
-trial function runs the trainer, the trainer does not become the trial).
+trial function runs the trainer, the trainer does not become the trial), and
+passes ``RunConfig(callbacks=tune_callbacks())``: inside a Tune trial that
+forwards rank 0's validation reports to the trial; outside one it is empty,
+so the same training code serves ``finegrain train`` and ``finegrain sweep``.
 
-- With a worker group, ``RunConfig(callbacks=tune_callbacks())`` forwards each
-  ``ray.train.report`` of rank 0 to the trial (``TuneReportCallback``).
-- With ``num_workers=0`` the loop runs in the trial's own process, where Train's
-  local controller keeps reports to itself: the loop also calls
-  :func:`report_local_to_tune`.
-
-Outside a Tune trial both are no-ops, so the same training code serves
-``finegrain train`` and ``finegrain sweep``.
+Train's in-process mode (``num_workers=0``) cannot run inside a trial: Ray
+2.60 refuses ``ray.train`` calls from a Tune function's process
+(ray-project/ray#49454); sweeps use worker groups.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["in_tune_session", "tune_callbacks", "report_local_to_tune", "VALIDATION_PREFIX"]
+__all__ = ["in_tune_session", "tune_callbacks", "VALIDATION_PREFIX"]
 
 #: Trainers name their validation metrics with this prefix (val_total, val_nll, ...).
 VALIDATION_PREFIX = "val_"
@@ -47,12 +45,3 @@ def tune_callbacks() -> list:
                 super().after_report(run_context, metrics, checkpoint)
 
     return [ValidationReportCallback()]
-
-
-def report_local_to_tune(metrics: dict[str, Any]) -> None:
-    """Forward one report of an in-process (``num_workers=0``) loop to the Tune trial, if any."""
-    if not in_tune_session():
-        return
-    import ray.tune
-
-    ray.tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

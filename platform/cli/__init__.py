@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from finegrain.platform.cli import data_cmds, demo_cmd, stack_cmds
+from finegrain.platform.cli import data_cmds, demo_cmd, eval_cmds, stack_cmds, sweep_cmds, train_cmds
 
 app = typer.Typer(
     name="finegrain",
@@ -17,6 +17,9 @@ app = typer.Typer(
 )
 app.add_typer(stack_cmds.app, name="stack")
 data_cmds.register(app)
+train_cmds.register(app)
+eval_cmds.register(app)
+sweep_cmds.register(app)
 demo_cmd.register(app)
 
 

@@ -42,7 +42,7 @@ from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotati
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
-from finegrain.trainables.tune_hooks import report_local_to_tune, tune_callbacks
+from finegrain.trainables.tune_hooks import tune_callbacks
 
 if TYPE_CHECKING:
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
@@ -307,8 +307,6 @@ class _Worker:
             self.logger.log(self.step, metrics)
             self.logger.flush()
         metrics = {**metrics, "step": self.step}
-        if self.c.get("local_mode"):
-            report_local_to_tune(metrics)
         if not checkpoint:
             ray.train.report(metrics)
             return

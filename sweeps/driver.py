@@ -1,0 +1,253 @@
+"""The sweep driver behind ``finegrain sweep SPEC``: Ray Tune + OptunaSearch + ASHA over a training config.
+
+Each trial is a Tune function trial that builds its training config (base +
+sampled parameters) and calls the family's ``fit_detailed`` — which builds a
+``TorchTrainer`` (Train V2: the trainer runs inside the trial, reporting
+through ``TuneReportCallback``) with a worker group of at least one worker. MLflow: one parent run per sweep (the spec as an artifact, the
+search space as params) and one nested child run per trial (the trainer's own
+run, tagged ``mlflow.parentRunId``). At the end the best trial's model is
+registered and aliased ``champion`` only if it beats the current champion
+(:mod:`finegrain.platform.registry`); the decision, both figures and Optuna's
+plots go on the parent run.
+
+State: ``<storage>/<spec name>/<stamp>/`` is the Tune experiment;
+``<storage>/<spec name>/latest.json`` records it with the parent run id, so
+``--resume`` restores the latest one (``Tuner.restore``: finished trials are
+kept, unfinished ones rerun; a child run left unfinished by the interruption
+is deleted before its trial reruns, so no trial has two child runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finegrain.sweeps.spec import DATA_CPUS, SweepSpec, SweepSpecError, to_override
+
+__all__ = ["run_sweep", "SweepResult", "SweepInterrupted", "optuna_study"]
+
+LATEST = "latest.json"
+STOPPED_TRIAL_GRACE_S = 5
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial ended (Ctrl-C, ``ray job stop``); ``--resume`` continues it."""
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    experiment_path: Path
+    n_trials: int
+    best: dict[str, Any] | None  # {"trial_id", "params", metric, "model_uri", "run_id"}
+    promotion: dict[str, Any] | None
+
+
+# ----------------------------------------------------------------------------- the trial
+def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One Tune trial: train with the sampled ``params``; the last report carries the model URI."""
+    import ray.tune
+    from mlflow import MlflowClient
+
+    from finegrain.trainables.protocol import trainer_for
+
+    os.environ["MLFLOW_TRACKING_URI"] = ctx["tracking_uri"]
+    spec = SweepSpec.from_dict(ctx["spec"], source=ctx["source"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_name = f"{spec.name}-{trial_id}"
+    client = MlflowClient(ctx["tracking_uri"])
+    _drop_unfinished_child(client, ctx["experiment_id"], ctx["parent_run_id"], run_name)
+    extra = [f"tracking.parent_run_id={ctx['parent_run_id']}", to_override("tracking.experiment", spec.experiment_name),
+             to_override("tracking.run_name", run_name), "tracking.register_as=null", "tracking.enabled=true",
+             to_override("training.work_dir", str(Path(ctx["work_dir"]) / trial_id)), "training.progress=false"]
+    config = spec.trial_config(params).with_overrides(extra)
+    _, fit = trainer_for(spec.family)
+    result = fit(config)
+    history = client.get_metric_history(result.run_id, spec.metric)
+    if not history:
+        raise ValueError(f"metric: the {spec.family} trainer never reported {spec.metric!r} "
+                         f"(is there a validation split?)")
+    client.set_tag(result.run_id, "sweep.trial_id", trial_id)
+    ray.tune.report({spec.metric: history[-1].value, "step": history[-1].step, "model_uri": result.model_uri,
+                     "mlflow_run_id": result.run_id})
+
+
+def _drop_unfinished_child(client, experiment_id: str, parent_run_id: str, run_name: str) -> None:
+    """Delete a child run of this trial left unfinished by an interrupted sweep (resume)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                              f"attributes.run_name = '{run_name}'")
+    for r in runs:
+        if r.info.status != "FINISHED":
+            client.delete_run(r.info.run_id)
+
+
+# ----------------------------------------------------------------------------- the driver
+def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepResult:
+    """Run (or with ``resume`` continue) a sweep on the connected Ray cluster; see the module docstring."""
+    import ray
+    from mlflow import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from finegrain.platform import tracking
+    from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
+
+    connect_ray()
+    spec.check_resources(ray.cluster_resources())
+    # trainers report training terms every log_every steps and validation terms every eval_every:
+    # results without the metric are normal (ASHA skips them), so Tune must not insist on it
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # a trial ASHA stops is blocked inside TorchTrainer.fit and never sees Tune's stop request:
+    # kill it (and so its Train controller and workers) after a few seconds, not Tune's default 600
+    os.environ["TUNE_FORCE_TRIAL_CLEANUP_S"] = str(STOPPED_TRIAL_GRACE_S)
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    root = Path(spec.storage or stack_home() / "sweeps").resolve() / spec.name
+    if resume:
+        latest = _read_latest(root, spec)
+        exp_path, parent_run_id = Path(latest["path"]), latest["parent_run_id"]
+        client.set_terminated(parent_run_id, status="RUNNING")
+    else:
+        exp_path = root / time.strftime("%Y%m%d-%H%M%S")
+        params = {**spec.space_params(), "family": spec.family, "metric": spec.metric, "mode": spec.mode,
+                  "num_samples": spec.num_samples, "seed": spec.seed, **{f"asha.{k}": v for k, v in
+                                                                         spec.asha.model_dump().items()}}
+        parent_run_id = tracking.start_run(spec.experiment_name, params, {"sweep": spec.name, "family": spec.family,
+                                                                            "sweep.path": str(exp_path)},
+                                           run_name=f"sweep-{spec.name}", uri=uri)
+        client.log_text(parent_run_id, spec.to_yaml(), "sweep_spec.yaml")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / LATEST).write_text(json.dumps({"path": str(exp_path), "parent_run_id": parent_run_id}))
+    ctx = {"spec": spec.model_dump() | {"base": spec.base_config, "set": spec.set}, "source": spec.source,
+           "tracking_uri": uri, "parent_run_id": parent_run_id, "work_dir": str(exp_path / "trials"),
+           "experiment_id": client.get_experiment_by_name(spec.experiment_name).experiment_id}
+    trainable = tune.with_parameters(_trial, ctx=ctx)
+    # the trial drives its TorchTrainer and runs the Ray Data reads of its data set (tasks launched
+    # from a trial are placed in the trial's placement group): DATA_CPUS are for that
+    trainable = tune.with_resources(trainable, {"cpu": DATA_CPUS})
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            space = {k: d.to_tune() for k, d in spec.search_space.items()}
+            tuner = tune.Tuner(
+                trainable, param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
+                    max_concurrent_trials=spec.max_concurrent_trials, trial_dirname_creator=_trial_dirname,
+                    search_alg=OptunaSearch(seed=spec.seed),
+                    scheduler=ASHAScheduler(time_attr="step", max_t=spec.asha.max_t,
+                                            grace_period=spec.asha.grace_period,
+                                            reduction_factor=spec.asha.reduction_factor,
+                                            stop_last_trials=False)),  # survivors finish and log their model
+                run_config=tune.RunConfig(name=exp_path.name, storage_path=str(exp_path.parent), verbose=verbose),
+            )
+        grid = tuner.fit()
+        if grid.num_terminated + grid.num_errors < spec.num_samples:  # Ctrl-C: Tune saved its state and returned
+            raise SweepInterrupted(f"sweep {spec.name} interrupted after {grid.num_terminated} of "
+                                   f"{spec.num_samples} trials; continue it with --resume")
+        return _finish(spec, grid, client, parent_run_id, exp_path, uri)
+    except BaseException:
+        client.set_terminated(parent_run_id, status="KILLED")
+        raise
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _read_latest(root: Path, spec: SweepSpec) -> dict:
+    path = root / LATEST
+    if not path.is_file():
+        raise SweepSpecError(f"--resume: no earlier sweep named {spec.name!r} under {root}")
+    return json.loads(path.read_text())
+
+
+def _finish(spec: SweepSpec, grid, client, parent_run_id: str, exp_path: Path, uri: str) -> SweepResult:
+    from finegrain.platform.registry import register_and_promote
+
+    rows = [res for res in grid if res.metrics and res.metrics.get("model_uri")]
+    # trials ASHA stopped (or that failed) have no model; their child runs end as KILLED
+    for r in client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, status="KILLED")
+    best = promotion = None
+    sign = 1.0 if spec.mode == "min" else -1.0
+    finite = [res for res in rows if math.isfinite(res.metrics.get(spec.metric, math.nan))]
+    if finite:
+        top = min(finite, key=lambda res: sign * res.metrics[spec.metric])
+        best = {"trial_id": top.metrics.get("trial_id"), "params": dict(top.config), spec.metric: top.metrics[spec.metric],
+                "model_uri": top.metrics["model_uri"], "run_id": top.metrics["mlflow_run_id"]}
+        client.log_metric(parent_run_id, f"best_{spec.metric}", best[spec.metric])
+        client.set_tag(parent_run_id, "best_run_id", best["run_id"])
+        client.set_tag(parent_run_id, "best_model_uri", best["model_uri"])
+        if spec.register_as:
+            data_hash = client.get_run(best["run_id"]).data.tags.get("dataset_digest", "")
+            p = register_and_promote(spec.register_as, best["model_uri"], spec.metric, spec.mode, best[spec.metric],
+                                     tags={"sweep": spec.name, "data_hash": data_hash, "run_id": best["run_id"]},
+                                     uri=uri)
+            promotion = p.as_dict()
+            client.set_tag(parent_run_id, "registry.decision", p.alias)
+            client.set_tag(parent_run_id, "registry.version", p.version)
+            client.log_metric(parent_run_id, "registry.candidate_value", p.value)
+            if p.champion_value is not None:
+                client.log_metric(parent_run_id, "registry.champion_value", p.champion_value)
+    _log_optuna_plots(spec, grid, client, parent_run_id)
+    client.set_terminated(parent_run_id, status="FINISHED" if best else "FAILED")
+    return SweepResult(parent_run_id, exp_path, len(grid), best, promotion)
+
+
+# ----------------------------------------------------------------------------- Optuna's plots
+def optuna_study(spec: SweepSpec, results: list[tuple[dict[str, Any], float]]):
+    """An in-memory Optuna study holding the finished trials (config, final metric value)."""
+    import optuna
+
+    dists = {}
+    for k, d in spec.search_space.items():
+        if d.type == "choice":
+            dists[k] = optuna.distributions.CategoricalDistribution(d.values)
+        elif d.type == "int":
+            dists[k] = optuna.distributions.IntDistribution(int(d.low), int(d.high))
+        else:
+            dists[k] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.type == "loguniform")
+    study = optuna.create_study(direction="minimize" if spec.mode == "min" else "maximize")
+    for config, value in results:
+        study.add_trial(optuna.trial.create_trial(params={k: config[k] for k in dists}, distributions=dists,
+                                                  value=value))
+    return study
+
+
+def _log_optuna_plots(spec: SweepSpec, grid, client, parent_run_id: str) -> None:
+    """Optimisation history and parameter importances (Optuna's matplotlib plots) on the parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    results = [(dict(res.config), float(res.metrics[spec.metric])) for res in grid
+               if res.metrics and math.isfinite(float(res.metrics.get(spec.metric, math.nan)))]
+    if not results:
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna_study(spec, results)
+    plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history}
+    if len(results) >= 2 and len(spec.search_space) >= 1:
+        plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
+    for name, plot in plots.items():
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError) as exc:  # e.g. importances of a parameter that never varied
+            client.set_tag(parent_run_id, f"plots.{name}", f"not made: {exc}")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax
+        client.log_figure(parent_run_id, fig, f"plots/{name}.png")
+        plt.close(fig)

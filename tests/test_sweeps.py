@@ -1,0 +1,204 @@
+"""Sweeps: spec validation, a smoke sweep through a real `ray job submit`, the registry alias, resume.
+
+Everything runs against the real local stack (Ray head with token auth + MLflow
+server); trials train the tiny ADP cVAE on ``adp_shards`` in one-worker Ray
+Train groups. References: the MLflow runs themselves (children vs Tune's
+sampled configs, the parent's best vs the children's final figures), and
+hand-chosen figures for the registry decisions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finegrain.sweeps.spec import SweepSpec, SweepSpecError
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMOKE = REPO / "sweeps" / "adp_cvae_smoke.yaml"
+
+
+def _spec_file(tmp_path: Path, **changes) -> Path:
+    """The shipped smoke spec with ``changes`` (its base made absolute), written to tmp_path."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["base"] = str((SMOKE.parent / data["base"]).resolve())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = tmp_path / f"spec-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("changes,key", [
+    ({"search_space": {"model.no_such_field": {"type": "uniform", "low": 0, "high": 1}}},
+     "search_space.model.no_such_field"),
+    ({"search_space": {"model.learning_rate": {"type": "loguniform", "low": 0.0, "high": 1e-3}}},
+     "search_space.model.learning_rate"),
+    ({"search_space": {"model.n_grid": {"type": "int", "low": 12, "high": 8}}}, "search_space.model.n_grid"),
+    ({"search_space": {"model.sigma": {"type": "gaussian", "low": 0.1, "high": 0.2}}}, "search_space.model.sigma"),
+    ({"search_space": {"model.sigma": {"type": "uniform", "low": 0.1, "high": 5.0}}}, "search_space.model.sigma"),
+    ({"search_space": {"model.beta_schedule": {"type": "choice", "values": []}}},
+     "search_space.model.beta_schedule"),
+    ({"asha": {"grace_period": 60, "max_t": 50}}, "asha"),
+    ({"metric": "train_total"}, "metric"),
+    ({"resources": {"num_workers": 0}}, "resources.num_workers"),
+    ({"colour": "blue"}, "colour"),
+    ({"family": "gan"}, "family"),
+])
+def test_bad_specs_are_refused_naming_the_key(tmp_path, changes, key):
+    with pytest.raises(SweepSpecError, match=f"key '{key}"):  # the key, or a field of it
+        SweepSpec.load(_spec_file(tmp_path, **changes))
+
+
+def test_shipped_specs_validate_and_cover_the_required_space():
+    required = {"model.t_lambda0", "model.n_lambda", "model.lambda_final", "model.beta_schedule",
+                "model.beta_n_cycles", "model.beta_cycle_length", "model.beta_k", "model.beta_tau", "model.n_grid",
+                "model.grid_width", "model.sigma", "model.d_latent", "model.learning_rate"}
+    for name in ("adp_cvae_smoke", "adp_cvae", "chignolin_cvae"):
+        spec = SweepSpec.load(REPO / "sweeps" / f"{name}.yaml")
+        assert required <= set(spec.search_space), name
+        # every end of every range builds a valid training config of the family
+        for key, dist in spec.search_space.items():
+            for value in dist.extremes():
+                assert spec.trial_config({key: value}).flat()[key] == str(value)
+
+
+def test_impossible_resources_are_refused_before_anything_starts(stack, adp_shards, tmp_path):
+    from mlflow import MlflowClient
+
+    spec_path = _spec_file(tmp_path, name="too-big", resources={"num_workers": 2, "cpus_per_worker": 64})
+    env = {**os.environ, **stack.client_env(), "FINEGRAIN_HOME": stack.home}
+    r = subprocess.run([str(BIN / "finegrain"), "sweep", str(spec_path), "--set", f"data.shards={adp_shards}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "key 'resources'" in r.stderr and "128 CPUs" in r.stderr, r.stderr[-2000:]
+    spec = SweepSpec.load(spec_path)
+    assert MlflowClient(stack.mlflow_uri).get_experiment_by_name(spec.experiment_name) is None
+    assert not (Path(stack.home) / "sweeps" / "too-big").exists()
+    with pytest.raises(SweepSpecError, match="resources.gpus_per_worker"):
+        SweepSpec.load(_spec_file(tmp_path, resources={"num_workers": 1, "gpus_per_worker": 1})).check_resources(
+            {"CPU": 2.0})
+
+
+# ----------------------------------------------------------------------------- a real sweep job
+def _children(client, parent):
+    exp = client.get_run(parent.info.run_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def _parent(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.sweep != ''",
+                              order_by=["attributes.start_time DESC"])
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def submitted_sweep(stack, adp_shards):
+    """The shipped smoke sweep (3 trials), submitted with `ray job submit --working-dir .` and the stack's token."""
+    from mlflow import MlflowClient
+
+    env = {**os.environ, **stack.client_env()}  # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH, ...
+    r = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", stack.dashboard_url, "--working-dir", ".", "--",
+         "finegrain", "sweep", "sweeps/adp_cvae_smoke.yaml", "--set", f"data.shards={adp_shards}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    client = MlflowClient(stack.mlflow_uri)
+    return client, _parent(client, "sweep-adp-cvae-smoke"), r.stdout
+
+
+@pytest.mark.slow
+def test_smoke_sweep_job_logs_parent_children_and_registers_the_best(submitted_sweep):
+    client, parent, out = submitted_sweep
+    assert "registry: cvae-adp-smoke v1 -> champion" in out
+    children = _children(client, parent)
+    assert len(children) == 3
+    assert parent.data.params["space.model.sigma"] == "uniform[0.08, 0.14]"
+    assert parent.data.params["num_samples"] == "3"
+    finals = {}
+    for c in children:
+        p = c.data.params
+        assert p["model.preset"] == "smoke" and p["training.num_workers"] == "1"
+        assert 20 <= int(p["model.t_lambda0"]) <= 45 and p["model.beta_schedule"] in ("cyclic", "constant")
+        assert 0.08 <= float(p["model.sigma"]) <= 0.14 and c.data.tags["dataset_digest"]
+        assert "train_total" in c.data.metrics and "val_total" in c.data.metrics
+        if c.info.status == "FINISHED":  # ASHA may stop one at step 25: KILLED, no model
+            finals[c.info.run_id] = c.data.metrics["val_total"]
+    best = min(finals, key=finals.get)
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] == best
+    assert parent.data.metrics["best_val_total"] == pytest.approx(finals[best])
+    mv = client.get_model_version_by_alias("cvae-adp-smoke", "champion")
+    assert mv.run_id == best and float(mv.tags["metric.val_total"]) == pytest.approx(finals[best])
+    assert parent.data.tags["registry.decision"] == "champion"
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/param_importances.png"} <= arts
+    assert "sweep_spec.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.slow
+def test_registry_alias_moves_only_on_improvement(submitted_sweep, stack):
+    from finegrain.platform.registry import register_and_promote
+
+    client, parent, _ = submitted_sweep
+    uris = [f"runs:/{c.info.run_id}/model" for c in _children(client, parent) if c.info.status == "FINISHED"]
+    name = f"registry-test-{uuid.uuid4().hex[:6]}"
+    steps = [(2.0, "champion", "1"), (3.0, "challenger", "1"), (2.0, "challenger", "1"), (1.0, "champion", "4")]
+    for k, (value, alias, champion) in enumerate(steps):
+        p = register_and_promote(name, uris[k % len(uris)], "val_total", "min", value, uri=stack.mlflow_uri)
+        assert (p.version, p.alias) == (str(k + 1), alias)
+        assert client.get_model_version_by_alias(name, "champion").version == champion
+    assert client.get_model_version_by_alias(name, "challenger").version == "3"
+    # mode max: a larger figure wins
+    p = register_and_promote(name, uris[0], "val_total", "max", 5.0, uri=stack.mlflow_uri)
+    assert p.alias == "champion" and p.champion_value == 1.0
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_duplicate_children(stack, adp_shards, tmp_path):
+    from mlflow import MlflowClient
+
+    spec_path = _spec_file(tmp_path, name="resume-smoke", experiment="sweep-resume-smoke", register_as=None,
+                           asha={"grace_period": 50, "reduction_factor": 2, "max_t": 50})
+    env = {**os.environ, **stack.client_env(), "FINEGRAIN_HOME": stack.home}
+    cmd = [str(BIN / "finegrain"), "sweep", str(spec_path), "--set", f"data.shards={adp_shards}"]
+    client = MlflowClient(stack.mlflow_uri)
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline:  # interrupt once the first trial has finished
+            exp = client.get_experiment_by_name("sweep-resume-smoke")
+            done = exp and client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and "
+                                                                   "tags.mlflow.parentRunId != ''")
+            if done or proc.poll() is not None:
+                break
+            time.sleep(2)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    first = (tmp_path / "first.log").read_text()
+    assert proc.returncode != 0 and "--resume" in first, first[-3000:]
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    parent = _parent(client, "sweep-resume-smoke")
+    children = _children(client, parent)
+    names = [c.info.run_name for c in children]
+    assert len(children) == 3 and len(set(names)) == 3, names
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 3  # grace = max_t: ASHA stops none
+    assert parent.info.status == "FINISHED"
