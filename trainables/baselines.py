@@ -113,6 +113,7 @@ class NullSpaceBackmapper(Backmapper):
     """
 
     family = "nullspace"
+    frames_independent = True
 
     def __init__(self, topology, mapping: CGMapping, *, mode: str, reg_nm2: float, y_ref, basis, mean_y,
                  mean_eta, coupling, chol):
@@ -218,6 +219,7 @@ class EnergyMinimisationBackmapper(Backmapper):
     """
 
     family = "em"
+    frames_independent = True
 
     def __init__(self, topology, mapping: CGMapping, system: str | dict, *, k_restraint: float = K_RESTRAINT,
                  tolerance: float = TOLERANCE, max_iterations: int = MAX_ITERATIONS,

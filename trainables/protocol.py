@@ -58,6 +58,9 @@ class Backmapper(ABC):
     """
 
     family: str = "?"
+    #: True when each frame is backmapped on its own (no AA(t-1)): requests may then be
+    #: concatenated along frames (Serve's batching) without changing any answer's distribution.
+    frames_independent: bool = False
 
     def __init__(self, topology, mapping: CGMapping):
         if mapping.n_atoms != topology.n_atoms:

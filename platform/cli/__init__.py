@@ -7,6 +7,7 @@ import sys
 import typer
 
 from finegrain.platform.cli import data_cmds, demo_cmd, eval_cmds, stack_cmds, sweep_cmds, train_cmds
+from finegrain.platform.cli import serve_cmds
 
 app = typer.Typer(
     name="finegrain",
@@ -20,6 +21,7 @@ data_cmds.register(app)
 train_cmds.register(app)
 eval_cmds.register(app)
 sweep_cmds.register(app)
+serve_cmds.register(app)
 demo_cmd.register(app)
 
 

@@ -180,6 +180,15 @@ class CVAEBackmapper(Backmapper):
     def config(self) -> CVAEConfig:
         return self.model.config
 
+    @property
+    def frames_independent(self) -> bool:
+        """The frame-based ablation conditions on CG(t) only; the temporal model also on AA(t-1)."""
+        return self.config.frame_based
+
+    @property
+    def label(self) -> str:
+        return "cvae_frame_based" if self.config.frame_based else "cvae"
+
     # ------------------------------------------------------------------ latent
     def sample_latent(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n latent codes [n, d_latent]: from the GMM (prior 'gmm' and fitted) else N(0, I)."""
