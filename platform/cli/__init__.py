@@ -8,6 +8,7 @@ import typer
 
 from finegrain.platform.cli import data_cmds, demo_cmd, eval_cmds, stack_cmds, sweep_cmds, train_cmds
 from finegrain.platform.cli import serve_cmds
+from finegrain.platform.cli import entropy_cmds
 
 app = typer.Typer(
     name="finegrain",
@@ -22,6 +23,7 @@ train_cmds.register(app)
 eval_cmds.register(app)
 sweep_cmds.register(app)
 serve_cmds.register(app)
+entropy_cmds.register(app)
 demo_cmd.register(app)
 
 

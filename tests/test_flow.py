@@ -1,0 +1,321 @@
+"""Conditional flow matching (seed 004): geometry, symmetry, ODE solvers, divergences, likelihoods, training.
+
+The Gaussian tests use a harmonic 6-atom "molecule" (springs, translation
+zero mode) under two linear maps with exact answers from
+:mod:`finegrain.platform.metrics.entropy`.  Budget: 400 Adam steps of a
+2-layer, width-32 field per mapping (about 10 s each on one CPU core).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from finegrain.platform.metrics import entropy as ent
+from finegrain.trainables.flow import (
+    ConditionalFlow,
+    FibreGeometry,
+    FlowConfig,
+    bead_assignment,
+    fit_arrays,
+    nll_arrays,
+    odeint,
+    trace_along,
+)
+
+N_ATOMS = 6
+GAUSS_STEPS = 400
+TINY = FlowConfig(hidden=32, layers=2, n_rbf=8, batch_size=128, learning_rate=3e-3)
+
+
+def spring_precision(seed: int = 0) -> np.ndarray:
+    """K [6, 6] nm^-2 of a chain with 1-2 and 1-3 springs (null space: translations only)."""
+    rng = np.random.default_rng(seed)
+    k = np.zeros((N_ATOMS, N_ATOMS))
+    pairs = [(i, i + 1, rng.uniform(100, 300)) for i in range(N_ATOMS - 1)]
+    pairs += [(i, i + 2, rng.uniform(20, 60)) for i in range(N_ATOMS - 2)]
+    for i, j, s in pairs:
+        k[i, i] += s
+        k[j, j] += s
+        k[i, j] -= s
+        k[j, i] -= s
+    return k
+
+
+def mappings() -> dict[str, np.ndarray]:
+    pairs = np.zeros((3, N_ATOMS))
+    for b in range(3):
+        pairs[b, 2 * b:2 * b + 2] = 0.5
+    triples = np.zeros((2, N_ATOMS))
+    triples[0, :3] = triples[1, 3:] = 1 / 3
+    return {"pairs": pairs, "triples": triples}
+
+
+def random_rotation(seed: int) -> torch.Tensor:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return torch.tensor(q, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One flow per mapping on 20 000 harmonic frames; held-out frames and exact answers."""
+    torch.set_num_threads(1)
+    k = spring_precision()
+    out = {}
+    for name, c in mappings().items():
+        asg = bead_assignment(c)
+        x, y = ent.sample_harmonic_ensemble(k, c, 20_000, seed=1)
+        xt, yt = ent.sample_harmonic_ensemble(k, c, 300, seed=2)
+        torch.manual_seed(0)
+        flow = ConditionalFlow(TINY, c, asg)
+        fit_arrays(flow, x, y, GAUSS_STEPS, seed=0)
+        out[name] = {"flow": flow, "x": xt, "y": yt, "exact": ent.harmonic_ensemble_entropies(k, c, asg),
+                     "c": c, "asg": asg, "train": (x, y)}
+    return out
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_prior_lies_on_fibre_and_matches_gaussian_density():
+    c = mappings()["triples"]
+    geo = FibreGeometry(c, bead_assignment(c), prior_width_nm=0.2).double()
+    y = torch.randn(5, 2, 3, dtype=torch.float64)
+    x0 = geo.sample_prior(y, torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.einsum("bi,fic->fbc", geo.matrix.double(), x0), y, atol=1e-6)
+    # independent reference: the density of eta = N^T x, N(N^T B y, sigma^2 I) per component
+    from scipy.stats import multivariate_normal
+
+    basis = geo.basis.double().numpy().reshape(geo.dim, -1)  # [d, 3N] orthonormal fibre tangent vectors
+    onehot = np.eye(2)[bead_assignment(c)]
+    for f in range(5):
+        eta = basis @ x0[f].numpy().reshape(-1)
+        mean = basis @ (onehot @ y[f].numpy()).reshape(-1)
+        ref = multivariate_normal(mean, 0.04 * np.eye(geo.dim)).logpdf(eta)
+        assert float(geo.prior_log_prob(x0[f:f + 1], y[f:f + 1])) == pytest.approx(ref, abs=1e-5)  # float32 buffers
+
+
+def test_bead_assignment_uses_weights_then_nearest_bead():
+    c = np.zeros((2, 4))
+    c[0, 0] = c[1, 2] = 1.0
+    aa = np.array([[[0, 0, 0], [0.1, 0, 0], [1, 0, 0], [1.1, 0, 0]]], dtype=float)
+    assert bead_assignment(c, aa, np.einsum("bi,fic->fbc", c, aa)).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="aa_xyz, cg_xyz"):
+        bead_assignment(c)
+
+
+def test_velocity_is_rotation_and_translation_equivariant():
+    c = mappings()["pairs"]
+    torch.manual_seed(0)
+    flow = ConditionalFlow(FlowConfig(hidden=16, layers=2, n_rbf=8), c, bead_assignment(c)).double()
+    for p in flow.field.parameters():  # the output heads start at zero: give them values
+        torch.nn.init.normal_(p, std=0.3)
+    y = torch.randn(4, 3, 3, dtype=torch.float64) * 0.2
+    x = flow.geometry.sample_prior(y)
+    t = torch.rand(4, dtype=torch.float64)
+    rot, shift = random_rotation(3).double(), torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    v = flow.velocity(x, t, y)
+    v_rt = flow.velocity(x @ rot.T + shift, t, y @ rot.T + shift)
+    assert v.abs().max() > 1e-3
+    assert torch.allclose(v_rt, v @ rot.T, atol=1e-10)
+    mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    v_m = flow.velocity(x @ mirror, t, y @ mirror)
+    assert not torch.allclose(v_m, v @ mirror, atol=1e-6)  # chiral term: SE(3), not E(3)
+
+
+# ----------------------------------------------------------------------------- ODE solvers
+@pytest.mark.parametrize("method,steps,tol", [("euler", 2000, 2e-3), ("rk4", 20, 1e-7), ("dopri5", None, 1e-5)])
+def test_odeint_solves_a_linear_system_both_directions(method, steps, tol):
+    from scipy.linalg import expm
+
+    a = np.array([[0.0, 1.0], [-4.0, -0.3]])
+    y0 = np.array([[1.0, 0.0], [0.5, -1.0]])
+    f = lambda t, y: y @ torch.tensor(a).T  # noqa: E731
+    fwd, nfe = odeint(f, torch.tensor(y0), 0.0, 1.0, method, steps or 1, rtol=1e-8, atol=1e-10)
+    assert np.allclose(fwd.numpy(), y0 @ expm(a).T, atol=tol)
+    back, _ = odeint(f, fwd, 1.0, 0.0, method, steps or 1, rtol=1e-8, atol=1e-10)
+    assert np.allclose(back.numpy(), y0, atol=tol * 10)
+    assert nfe > 0
+    with pytest.raises(ValueError, match="method"):
+        odeint(f, torch.tensor(y0), 0.0, 1.0, "leapfrog")
+
+
+def test_exact_trace_of_a_linear_field_on_the_fibre():
+    c = mappings()["pairs"]
+    geo = FibreGeometry(c, bead_assignment(c), 0.1).double()
+    m = torch.randn(N_ATOMS, N_ATOMS, dtype=torch.float64)
+    v_fn = lambda x: geo.tangent(torch.einsum("ij,bjc->bic", m, x))  # noqa: E731
+    x = torch.randn(3, N_ATOMS, 3, dtype=torch.float64)
+    null = ent._null(c)
+    expected = 3 * np.trace(null.T @ m.numpy() @ null)  # tr(N^T M N) per xyz component
+    got = trace_along(v_fn, x, geo.basis.double(), chunk_rows=4)
+    assert torch.allclose(got, torch.full((3,), expected, dtype=torch.float64), atol=1e-9)
+
+
+def test_exact_and_hutchinson_divergences_agree_in_expectation():
+    c = mappings()["triples"]
+    torch.manual_seed(1)
+    flow = ConditionalFlow(FlowConfig(hidden=16, layers=2, n_rbf=8), c, bead_assignment(c)).double()
+    for p in flow.field.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    y = torch.randn(2, 2, 3, dtype=torch.float64) * 0.2
+    x = flow.geometry.sample_prior(y)
+    v_fn = lambda xr: flow.velocity(xr, 0.4, y.repeat(xr.shape[0] // 2, 1, 1))  # noqa: E731
+    exact = trace_along(v_fn, x, flow.geometry.basis.double())
+    k = 4000  # one probe per row: k copies of the 2 frames
+    probes = flow.geometry.probes((1, 2 * k), torch.Generator().manual_seed(0), torch.float64)
+    single = trace_along(v_fn, x.repeat(k, 1, 1), probes).reshape(k, 2)
+    mean, se = single.mean(dim=0), single.std(dim=0) / math.sqrt(k)
+    assert torch.all((mean - exact).abs() < 4 * se + 1e-9), (mean, exact, se)
+
+
+# ----------------------------------------------------------------------------- the Gaussian benchmark
+def test_flow_conditional_entropy_matches_the_analytic_gaussian(trained):
+    for name, d in trained.items():
+        nll = nll_arrays(d["flow"], d["x"], d["y"], batch=300, divergence="exact", method="rk4", steps=5)
+        exact = d["exact"]["h_cond"]
+        se = nll.std(ddof=1) / math.sqrt(len(nll))
+        err_atom, err_fibre = (nll.mean() - exact) / (3 * N_ATOMS), (nll.mean() - exact) / d["exact"]["dim"]
+        print(f"{name}: flow {nll.mean():.3f} +- {se:.3f}, exact {exact:.3f} nats/frame; "
+              f"error {err_atom:.4f} per atomistic dof, {err_fibre:.4f} per fibre dof")
+        assert abs(err_atom) < 0.05
+        assert abs(err_fibre) < 0.05
+        d["nll"] = nll
+
+
+def test_estimators_rank_mappings_like_the_analytic_answer(trained):
+    k = spring_precision()
+    est = {}
+    for name, d in trained.items():
+        nll = d.get("nll")
+        if nll is None:
+            nll = nll_arrays(d["flow"], d["x"], d["y"], batch=300, divergence="exact", method="rk4", steps=5)
+        x, y = d["train"]
+        dim = int(d["exact"]["dim"])
+        flow = ent.flow_estimates(nll, ent.anchor_msd(x, y, d["c"], d["asg"]), dim, N_ATOMS)
+        gauss = ent.smap_maxent(ent.gaussian_bound_from_samples(x, y, d["c"]), ent.anchor_msd(x, y, d["c"], d["asg"]),
+                                dim)
+        kt = ent.KB_KJ_MOL_K * 300.0
+        u = 0.5 * np.einsum("fic,ij,fjc->f", x, k, x) * kt  # kJ/mol at 300 K
+        giu = ent.giulini_smap(u, y, 300.0, n_clusters=50)["smap"]
+        est[name] = {"flow": flow["smap"], "gauss": gauss, "giulini": giu,
+                     "exact": d["exact"]["smap"], "exact_giulini": d["exact"]["giulini"]}
+        assert giu == pytest.approx(d["exact"]["giulini"], abs=0.35)  # d/4, plus within-cluster spread of E[U|y]
+        assert gauss == pytest.approx(d["exact"]["smap"], abs=0.05)
+    print(est)
+    assert est["pairs"]["exact"] < est["triples"]["exact"]  # 3 beads keep more information than 2
+    for key in ("flow", "gauss", "giulini"):
+        assert est["pairs"][key] < est["triples"][key], key
+
+
+def test_samples_map_back_and_likelihoods_are_finite_and_reproducible(trained):
+    d = trained["triples"]
+    flow, y = d["flow"], torch.tensor(d["y"][:16], dtype=torch.float32)
+    for method in ("euler", "rk4", "dopri5"):
+        x = flow.sample(y, generator=torch.Generator().manual_seed(0), method=method, steps=6)
+        assert torch.allclose(torch.einsum("bi,fic->fbc", flow.geometry.matrix, x), y, atol=2e-5)
+    lp1 = flow.log_prob(x, y, divergence="exact", steps=5)
+    lp2 = flow.log_prob(x, y, divergence="exact", steps=5)
+    assert torch.isfinite(lp1).all() and torch.equal(lp1, lp2)
+    h1 = flow.log_prob(x, y, divergence="hutchinson", n_probes=2, generator=torch.Generator().manual_seed(3), steps=5)
+    h2 = flow.log_prob(x, y, divergence="hutchinson", n_probes=2, generator=torch.Generator().manual_seed(3), steps=5)
+    assert torch.equal(h1, h2)
+    assert float((h1 - lp1).mean().abs()) < 1.0  # same quantity, unbiased probes
+    adaptive = flow.log_prob(x, y, divergence="exact", method="dopri5", rtol=1e-5, atol=1e-6)
+    assert torch.allclose(adaptive, lp1, atol=0.1)
+
+
+def test_backmapper_round_trip_and_protocol(trained, tmp_path):
+    import mdtraj as md
+
+    from finegrain.platform.mapping import CGMapping
+    from finegrain.trainables.flow import FlowBackmapper
+    from finegrain.trainables.protocol import load_backmapper
+
+    d = trained["pairs"]
+    top = md.Topology()
+    res = top.add_residue("MOL", top.add_chain())
+    for i in range(N_ATOMS):
+        top.add_atom(f"C{i}", md.element.carbon, res)
+    mapping = CGMapping("pairs", d["c"], ("B1", "B2", "B3"))
+    bm = FlowBackmapper(top, mapping, d["flow"], info={"note": "test"})
+    loaded = load_backmapper(bm.save(tmp_path / "model"))
+    assert isinstance(loaded, FlowBackmapper) and loaded.info == {"note": "test"}
+    cg = d["y"][:4]
+    a, b = bm.backmap_xyz(cg, n_samples=2, seed=5), loaded.backmap_xyz(cg, n_samples=2, seed=5)
+    assert a.shape == (2, 4, N_ATOMS, 3) and np.allclose(a, b, atol=1e-6)
+    assert np.allclose(np.einsum("bi,kfic->kfbc", d["c"], a), cg, atol=2e-5)
+    ll = loaded.log_likelihood(d["x"][:4], cg, divergence="exact", steps=5)
+    assert ll.shape == (4,) and np.allclose(ll, bm.log_likelihood(d["x"][:4], cg, divergence="exact", steps=5))
+    from finegrain.platform.validation import InputError
+
+    with pytest.raises(InputError, match="cg_xyz"):
+        bm.backmap_xyz(np.zeros((2, 5, 3)))
+
+
+def test_temporal_flow_trains_and_samples_autoregressively():
+    c = mappings()["pairs"]
+    x, y = ent.sample_harmonic_ensemble(spring_precision(), c, 200, seed=4)
+    flow = ConditionalFlow(FlowConfig(hidden=8, layers=1, n_rbf=4, batch_size=16, temporal=True), c,
+                           bead_assignment(c))
+    losses = fit_arrays(flow, x[1:], y[1:], 5, prev=x[:-1])
+    assert np.all(np.isfinite(losses))
+    out = flow.sample(torch.tensor(y[:3], dtype=torch.float32), prev=torch.tensor(x[:3], dtype=torch.float32),
+                      steps=2)
+    assert out.shape == (3, N_ATOMS, 3)
+    assert torch.isfinite(flow.log_prob(torch.tensor(x[:3], dtype=torch.float32),
+                                        torch.tensor(y[:3], dtype=torch.float32), steps=2)).all()
+    frame_based = ConditionalFlow(FlowConfig(hidden=8, layers=1), c, bead_assignment(c))
+    with pytest.raises(ValueError, match="prev"):
+        frame_based.sample(torch.tensor(y[:1], dtype=torch.float32), prev=torch.tensor(x[:1], dtype=torch.float32))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from finegrain.trainables.flow.train_config import ConfigError, FlowTrainConfig
+
+    with pytest.raises(ValueError, match="FlowConfig.prior_width_nm"):
+        FlowConfig(prior_width_nm=0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {shards: x}\nmodel: {preset: smoke}\n")
+    with pytest.raises(ConfigError, match="model.hidden"):
+        FlowTrainConfig.from_yaml(cfg, ["model.hidden=0"])
+    with pytest.raises(ConfigError, match="model.wings"):
+        FlowTrainConfig.from_yaml(cfg, ["model.wings=2"])
+    with pytest.raises(ConfigError, match="training.max_steps"):
+        FlowTrainConfig.from_yaml(cfg, ["training.max_steps=0"])
+    ok = FlowTrainConfig.from_yaml(cfg, ["model.hidden=8"])
+    assert ok.flow().hidden == 8 and ok.flat()["model.hidden"] == "8"
+    assert ok.tracking.experiment == "flow"
+
+
+# ----------------------------------------------------------------------------- Ray Train + MLflow
+@pytest.mark.slow
+def test_adp_flow_trains_in_process_and_logs_to_mlflow(stack, adp_shards, tmp_path):
+    import mlflow
+
+    from finegrain.platform.shards import read_frames
+    from finegrain.platform.tracking import load_backmapper_from_uri
+    from finegrain.trainables.flow.train import fit_detailed
+    from finegrain.trainables.flow.train_config import FlowTrainConfig
+
+    cfg = FlowTrainConfig.from_yaml(
+        "trainables/configs/adp_flow_smoke.yaml",
+        [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", "training.num_workers=0",
+         "training.max_steps=12", "training.eval_every=6", "training.checkpoint_every=6", "training.log_every=3",
+         "training.val_nll_frames=4", "training.progress=false", f"training.work_dir={tmp_path}",
+         "tracking.experiment=test-flow"])
+    res = fit_detailed(cfg)
+    run = mlflow.MlflowClient().get_run(res.run_id)
+    assert run.data.tags["family"] == "flow" and run.data.tags["mapping"] == "backbone6"
+    assert {"train_total", "val_total", "val_nll", "val_nll_per_dof"} <= set(run.data.metrics)
+    assert math.isfinite(run.data.metrics["val_nll"])
+    assert run.data.params["model.preset"] == "smoke"
+    bm = load_backmapper_from_uri(res.model_uri)
+    fr = read_frames(adp_shards)
+    xyz = bm.backmap_xyz(fr["cg_xyz_nm"][:3], n_samples=1, seed=0)
+    assert np.allclose(bm.mapping.map(xyz), fr["cg_xyz_nm"][:3], atol=1e-4)
+    assert np.all(np.isfinite(bm.log_likelihood(fr["aa_xyz_nm"][:2], fr["cg_xyz_nm"][:2], steps=2)))
