@@ -48,6 +48,7 @@ class SimulationConfig:
     friction_per_ps: float = 1.0
     equilibration_ps: float = 10.0
     platform: str = "auto"
+    constraints: str | None = "HBonds"  # None: every bond free (mapping entropies need that; use <= 1 fs)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,11 @@ class SimulationConfig:
         steps = self.stride_ps * 1000.0 / self.timestep_fs
         if abs(steps - round(steps)) > 1e-9:
             raise ValueError(f"stride_ps: {self.stride_ps} ps is not a whole number of {self.timestep_fs} fs steps")
+        if self.constraints not in ("HBonds", None):
+            raise ValueError(f"constraints: expected 'HBonds' or None, got {self.constraints!r}")
+        if self.constraints is None and self.timestep_fs > 1.0:
+            raise ValueError(f"timestep_fs: {self.timestep_fs} fs is unstable with free X-H bonds (constraints=None); "
+                             f"use <= 1 fs")
         if self.platform not in ("auto", "Reference", "CPU", "CUDA", "OpenCL"):
             raise ValueError(f"platform: expected auto, Reference, CPU, CUDA or OpenCL, got {self.platform!r}")
 
@@ -99,7 +105,7 @@ def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progre
     import openmm.unit as u
 
     ref = get_system(cfg.system)
-    system = ref.create_system(constraints="HBonds")
+    system = ref.create_system(constraints=cfg.constraints)
     platform_name = choose_platform(ref.n_atoms, cfg.platform)
     platform = mm.Platform.getPlatformByName(platform_name)
     props = {"Threads": "1"} if platform_name == "CPU" else {}
@@ -195,7 +201,7 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
             "mappings": sorted(ref.mapping_specs),
             "n_atoms": ref.n_atoms,
             "forcefield": ref.definition.get("forcefield"),
-            "constraints": "HBonds",
+            "constraints": cfg.constraints,
             "integrator": "LangevinMiddleIntegrator",
             "config": asdict(cfg),
             "platform": results[0]["platform"],

@@ -67,6 +67,19 @@ def test_same_seed_same_trajectory_and_target_temperature(tmp_path):
     assert not np.array_equal(a.xyz, c.xyz)
 
 
+def test_unconstrained_run_lets_bonds_to_hydrogen_vibrate(tmp_path):
+    """HBonds keeps every X-H length at its force-field value; constraints=None (1 fs) lets them vibrate."""
+    lengths = {}
+    for name, kwargs in (("hbonds", {}), ("free", {"constraints": None, "timestep_fs": 1.0})):
+        (tmp_path / name).mkdir()
+        run_replica(SimulationConfig("adp", ns=0.02, seed=5, equilibration_ps=1.0, **kwargs), 0, tmp_path / name)
+        traj = md.load(str(tmp_path / name / "replica_000.dcd"), top=md.load_topology(_pdb(tmp_path)))
+        xh = [[b[0].index, b[1].index] for b in traj.topology.bonds if "H" in (b[0].element.symbol, b[1].element.symbol)]
+        lengths[name] = md.compute_distances(traj, np.array(xh))
+    assert lengths["hbonds"].std(axis=0).max() < 1e-5  # float32 DCD round-off only
+    assert lengths["free"].std(axis=0).min() > 1e-3  # C-H stretch: ~0.003 nm thermal spread at 300 K
+
+
 def _pdb(tmp_path):
     from finegrain.datasets.systems import get_system
 
@@ -89,6 +102,8 @@ def test_platform_choice_by_size():
         ({"replicas": 0}, "replicas: must be >= 1"),
         ({"stride_ps": 0.003}, "not a whole number"),
         ({"platform": "GPU"}, "platform: expected"),
+        ({"constraints": None}, "timestep_fs: 2.0 fs is unstable with free X-H bonds"),
+        ({"constraints": "AllBonds"}, "constraints: expected 'HBonds' or None"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):

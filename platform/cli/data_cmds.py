@@ -38,7 +38,9 @@ def simulate(
     temperature: float = typer.Option(300.0, help="Temperature, K."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same trajectories."),
     stride_ps: float = typer.Option(1.0, help="Frame interval, ps."),
-    timestep_fs: float = typer.Option(2.0, help="Integration step, fs (H-bond constraints)."),
+    timestep_fs: float = typer.Option(2.0, help="Integration step, fs (<= 1 with --no-constraints)."),
+    constraints: bool = typer.Option(True, help="Constrain bonds to H (--no-constraints: all bonds free, as "
+                                                "mapping-entropy estimates need)."),
     equilibration_ps: float = typer.Option(10.0, help="Unrecorded equilibration after minimisation, ps."),
     platform: str = typer.Option("auto", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
@@ -51,6 +53,7 @@ def simulate(
     cfg = SimulationConfig(
         system=system, ns=ns, replicas=replicas, temperature_k=temperature, seed=seed, stride_ps=stride_ps,
         timestep_fs=timestep_fs, equilibration_ps=equilibration_ps, platform=platform,
+        constraints="HBonds" if constraints else None,
     )
     connect_ray()
     path = run(cfg, out, overwrite=overwrite)
