@@ -114,7 +114,7 @@ def test_run_jobs_merges_unseeded_requests_into_one_model_call(versions, cg):
     calls = []
 
     class Counting:
-        family, mapping, topology = bm.family, bm.mapping, bm.topology
+        family, mapping, topology, frames_independent = bm.family, bm.mapping, bm.topology, bm.frames_independent
 
         def backmap_xyz(self, cg_xyz, n_samples=1, seed=None, prev_aa_xyz=None):
             calls.append((len(cg_xyz), n_samples, seed))

@@ -13,7 +13,6 @@ Train's in-process mode (``num_workers=0``) cannot run inside a trial: Ray
 
 from __future__ import annotations
 
-from typing import Any
 
 __all__ = ["in_tune_session", "tune_callbacks", "VALIDATION_PREFIX"]
 

@@ -28,9 +28,7 @@ AA(t-1)) pairs for seeding inference.  Only rank 0 logs to MLflow.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,21 +40,17 @@ from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotati
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
-from finegrain.trainables.tune_hooks import tune_callbacks
+from finegrain.trainables.ray_run import FitResult, report_step
 
 if TYPE_CHECKING:
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
     from finegrain.trainables.cvae.train_config import TrainConfig
 
 __all__ = ["fit", "fit_detailed", "FitResult", "loop_config", "train_loop_per_worker", "prepare_triplet", "step_loss",
-           "save_checkpoint_dir", "load_checkpoint_state", "checkpoint_name"]
+           "save_checkpoint_dir", "load_checkpoint_state"]
 
 CKPT_MODEL, CKPT_OPTIM, CKPT_META, CKPT_GMM, CKPT_BANK = "model.pt", "optimizer.pt", "state.json", "gmm.pt", "bank.pt"
 TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint_{step:09d}"
 
 
 def _seed(*parts: int) -> int:
@@ -301,28 +295,10 @@ class _Worker:
 
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False,
                 gmm: dict | None = None, bank: dict | None = None) -> None:
-        import ray.train
+        def save(folder: Path) -> None:
+            save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final), gmm, bank)
 
-        if self.logger is not None:
-            self.logger.log(self.step, metrics)
-            self.logger.flush()
-        metrics = {**metrics, "step": self.step}
-        if not checkpoint:
-            ray.train.report(metrics)
-            return
-        name = checkpoint_name(self.step)
-        if self.c.get("local_mode"):  # no controller persists it: write straight into the run folder
-            folder = Path(self.c["storage_dir"]) / name
-            if self.rank == 0:
-                save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final), gmm, bank)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = None
-            if self.rank == 0:
-                save_checkpoint_dir(tmp, self.raw, self.opt, self._meta(final), gmm, bank)
-                ck = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
+        report_step(self.step, metrics, self.logger, self.c, self.rank, save if checkpoint else None)
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -422,18 +398,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-@dataclass
-class FitResult:
-    """What :func:`fit_detailed` made: the backmapper, its MLflow run/model, its folders."""
-
-    backmapper: "CVAEBackmapper"
-    run_id: str | None
-    model_uri: str | None
-    model_folder: Path
-    checkpoint: Path
-    run_dir: Path
-
-
 def fit(config: "TrainConfig") -> tuple["CVAEBackmapper", str | None]:
     """Train on Ray Train, track in MLflow; returns (backmapper, MLflow run id or None)."""
     r = fit_detailed(config)
@@ -458,98 +422,20 @@ def loop_config(config: "TrainConfig", manifest, mapping, *, local_mode: bool, s
     }
 
 
-def _pairs(config: "TrainConfig", split: str):
-    from finegrain.platform.shards import pair_dataset
-
-    d = config.data
-    ds = pair_dataset(d.shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions))
-    ds = ds.select_columns(["aa_prev", "cg", "aa"])
-    return ds.materialize() if d.materialize else ds
-
-
 def fit_detailed(config: "TrainConfig") -> FitResult:
-    """:func:`fit`, returning everything it made (see :class:`FitResult`).
+    """:func:`fit`, returning everything it made (see :class:`~finegrain.trainables.ray_run.FitResult`).
 
     Connects to Ray when not connected (the local stack, or the job's cluster).
     Ray Train's storage (checkpoints) and the saved model folder go under
     ``training.work_dir`` (default ``$FINEGRAIN_HOME/runs``), in a folder
     named after the MLflow run.
     """
-    import uuid
-
-    import mdtraj as md
-    import ray
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from finegrain.platform import tracking
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest, split_trajectories
-    from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
+    from finegrain.trainables.ray_run import load_training_data, run_training
 
-    t = config.training
-    shards = Path(config.data.shards).resolve()
-    man = Manifest.load(shards)
-    mapping = CGMapping.from_dict(man.mapping)
-    topology = md.load_topology(str(shards / man.topology_pdb))
-    splits = split_trajectories(man, tuple(config.data.fractions), config.data.seed)
-    if not ray.is_initialized():
-        connect_ray()
-    if t.use_gpu and t.num_workers > 0 and ray.cluster_resources().get("GPU", 0) < t.num_workers:
-        raise ValueError(f"training.use_gpu: {t.num_workers} worker(s) need a GPU each, the Ray cluster has "
-                         f"{ray.cluster_resources().get('GPU', 0):g}; set training.use_gpu=false")
-    data_ctx = ray.data.DataContext.get_current()
-    bars = data_ctx.enable_progress_bars
-    data_ctx.enable_progress_bars = bars and t.progress
-    try:
-        datasets = {"train": _pairs(config, "train")}
-        if splits["validation"]:
-            datasets["validation"] = _pairs(config, "validation")
-    finally:
-        data_ctx.enable_progress_bars = bars
-    uri = run_id = None
-    if config.tracking.enabled:
-        uri = tracking_uri()
-        tags = {"family": "cvae", "dataset_digest": man.digest, "mapping": mapping.name, "system": man.system,
-                "data.shards": str(shards), "resumed_from": str(t.resume_from or "")}
-        if config.tracking.parent_run_id:
-            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
-        params = {**config.flat(), "data.n_train_trajectories": len(splits["train"]),
-                  "data.n_validation_trajectories": len(splits["validation"]), "data.n_frames": man.n_frames}
-        run_id = tracking.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name,
-                                    uri=uri)
-    try:
-        work = Path(t.work_dir or stack_home() / "runs").resolve()
-        name = f"cvae-{run_id}" if run_id else f"cvae-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        local = t.num_workers == 0
-        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config(config, man, mapping, local_mode=local, storage_dir=work / name,
-                                          has_validation="validation" in datasets, run_id=run_id, tracking_uri=uri),
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker=None if local else resources),
-            run_config=RunConfig(name=name, storage_path=str(work), callbacks=tune_callbacks(),
-                                 failure_config=FailureConfig(max_failures=t.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
-            datasets=datasets,
-        )
-        result = trainer.fit()
-        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system}
-        with result.checkpoint.as_directory() as d:
-            ck_path = Path(result.checkpoint.path)
-            bm = CVAEBackmapper.from_checkpoint(d, topology, mapping, prior=t.latent_prior, info=info)
-        folder = bm.save(work / name / "model")
-        model_uri = None
-        if run_id:
-            model_uri = tracking.log_backmapper(bm, name=config.tracking.model_name,
-                                                registered_model_name=config.tracking.register_as,
-                                                run_id=run_id, uri=uri)
-            tracking.end_run(run_id, uri=uri)
-    except BaseException:
-        if run_id:
-            tracking.end_run(run_id, failed=True, uri=uri)
-        raise
-    return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)
+    data = load_training_data(config)
+    return run_training(
+        config, "cvae", data, train_loop_per_worker,
+        lambda **kw: loop_config(config, data.manifest, data.mapping, **kw),
+        lambda ck_dir, info: CVAEBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping,
+                                                            prior=config.training.latent_prior, info=info))

@@ -4,7 +4,7 @@
 ``ray.train.torch.TorchTrainer``; :func:`fit_detailed` (the driver) builds
 the trainer from a :class:`~finegrain.trainables.flow.train_config.FlowTrainConfig`,
 tracks one MLflow run and returns a
-:class:`~finegrain.trainables.cvae.train.FitResult` holding a
+:class:`~finegrain.trainables.ray_run.FitResult` holding a
 :class:`~finegrain.trainables.flow.backmapper.FlowBackmapper`.
 
 Per step: a batch of pairs (AA(t-1), CG(t), AA(t)) [B, *, 3] nm from the
@@ -22,7 +22,6 @@ per frame, nats on the fibre measure in nm, on ``val_nll_frames`` frames;
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +30,10 @@ import numpy as np
 import torch
 
 from finegrain.platform.shards import unflatten_pair_batch
-from finegrain.trainables.cvae.train import FitResult
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.tune_hooks import tune_callbacks
+from finegrain.trainables.ray_run import FitResult, report_step
 
 if TYPE_CHECKING:
     from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -171,27 +169,10 @@ class _Worker:
                 "world_size": self.world, "final": final}
 
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
-        import ray.train
-
-        if self.logger is not None:
-            self.logger.log(self.step, metrics)
-            self.logger.flush()
-        metrics = {**metrics, "step": self.step}
-        if not checkpoint:
-            ray.train.report(metrics)
-            return
-        name = f"checkpoint_{self.step:09d}"
-        if self.c.get("local_mode"):  # no controller persists it: write straight into the run folder
-            folder = Path(self.c["storage_dir"]) / name
+        def save(folder: Path) -> None:
             save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            ck = None
-            if self.rank == 0:
-                save_checkpoint_dir(tmp, self.raw, self.opt, self._meta(final))
-                ck = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
+
+        report_step(self.step, metrics, self.logger, self.c, self.rank, save if checkpoint else None)
 
     def run(self) -> None:
         import ray.train
@@ -293,90 +274,13 @@ def training_assignment(shards: Path, manifest, mapping, train_ids: list[str], m
 
 def fit_detailed(config: "FlowTrainConfig") -> FitResult:
     """Train, log one MLflow run (params, step metrics, tags, final model); see :class:`FitResult`."""
-    import uuid
-
-    import mdtraj as md
-    import ray
-    import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from finegrain.platform import tracking
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest, pair_dataset, split_trajectories
-    from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
     from finegrain.trainables.flow.backmapper import FlowBackmapper
+    from finegrain.trainables.ray_run import load_training_data, run_training
 
-    t, d = config.training, config.data
-    shards = Path(d.shards).resolve()
-    man = Manifest.load(shards)
-    mapping = CGMapping.from_dict(man.mapping)
-    topology = md.load_topology(str(shards / man.topology_pdb))
-    splits = split_trajectories(man, tuple(d.fractions), d.seed)
-    assignment = training_assignment(shards, man, mapping, splits["train"])
-    if not ray.is_initialized():
-        connect_ray()
-    if t.use_gpu and t.num_workers > 0 and ray.cluster_resources().get("GPU", 0) < t.num_workers:
-        raise ValueError(f"training.use_gpu: {t.num_workers} worker(s) need a GPU each, the Ray cluster has "
-                         f"{ray.cluster_resources().get('GPU', 0):g}; set training.use_gpu=false")
-
-    def pairs(split):
-        ds = pair_dataset(shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions))
-        ds = ds.select_columns(["aa_prev", "cg", "aa"])
-        return ds.materialize() if d.materialize else ds
-
-    data_ctx = ray.data.DataContext.get_current()
-    bars = data_ctx.enable_progress_bars
-    data_ctx.enable_progress_bars = bars and t.progress
-    try:
-        datasets = {"train": pairs("train")}
-        if splits["validation"]:
-            datasets["validation"] = pairs("validation")
-    finally:
-        data_ctx.enable_progress_bars = bars
-    uri = run_id = None
-    if config.tracking.enabled:
-        uri = tracking_uri()
-        tags = {"family": "flow", "dataset_digest": man.digest, "mapping": mapping.name, "system": man.system,
-                "data.shards": str(shards), "resumed_from": str(t.resume_from or "")}
-        parent = getattr(config.tracking, "parent_run_id", None)
-        if parent:
-            tags["mlflow.parentRunId"] = parent
-        params = {**config.flat(), "data.n_train_trajectories": len(splits["train"]),
-                  "data.n_validation_trajectories": len(splits["validation"]), "data.n_frames": man.n_frames,
-                  "mapping.n_beads": mapping.n_beads}
-        run_id = tracking.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name,
-                                    uri=uri)
-    try:
-        work = Path(t.work_dir or stack_home() / "runs").resolve()
-        name = f"flow-{run_id}" if run_id else f"flow-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        local = t.num_workers == 0
-        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config(config, man, mapping, assignment, local_mode=local, storage_dir=work / name,
-                                          has_validation="validation" in datasets, run_id=run_id, tracking_uri=uri),
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                         resources_per_worker=None if local else resources),
-            run_config=RunConfig(name=name, storage_path=str(work), callbacks=tune_callbacks(),
-                                 failure_config=FailureConfig(max_failures=t.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
-            datasets=datasets,
-        )
-        result = trainer.fit()
-        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system}
-        with result.checkpoint.as_directory() as ck_dir:
-            ck_path = Path(result.checkpoint.path)
-            bm = FlowBackmapper.from_checkpoint(ck_dir, topology, mapping, info=info)
-        folder = bm.save(work / name / "model")
-        model_uri = None
-        if run_id:
-            model_uri = tracking.log_backmapper(bm, name=config.tracking.model_name,
-                                                registered_model_name=config.tracking.register_as,
-                                                run_id=run_id, uri=uri)
-            tracking.end_run(run_id, uri=uri)
-    except BaseException:
-        if run_id:
-            tracking.end_run(run_id, failed=True, uri=uri)
-        raise
-    return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)
+    data = load_training_data(config)
+    assignment = training_assignment(data.shards, data.manifest, data.mapping, data.splits["train"])
+    return run_training(
+        config, "flow", data, train_loop_per_worker,
+        lambda **kw: loop_config(config, data.manifest, data.mapping, assignment, **kw),
+        lambda ck_dir, info: FlowBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping, info=info),
+        extra_params={"mapping.n_beads": data.mapping.n_beads})

@@ -1,0 +1,196 @@
+"""The Ray Train driver and worker plumbing every trainable family shares.
+
+A family supplies its per-worker loop, the plain-data loop config and how a
+final checkpoint becomes a :class:`~finegrain.trainables.protocol.Backmapper`;
+:func:`run_training` does the rest, the same way for all: read the shard
+manifest and split it by trajectory, build the (AA(t-lag), CG(t), AA(t)) pair
+data sets with Ray Data, open the MLflow run (flattened config as params;
+family, data digest, mapping, system and the sweep parent as tags), run a
+``TorchTrainer`` (``num_workers=0``: in-process) with retries, checkpoints and
+the Tune callback, save and log the final model, close the run.
+
+On the worker side, :func:`report_step` reports metrics to MLflow (rank 0)
+and Ray Train, with a checkpoint folder when asked.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name"]
+
+
+@dataclass
+class FitResult:
+    """What a family's ``fit_detailed`` made: the backmapper, its MLflow run/model, its folders."""
+
+    backmapper: Any
+    run_id: str | None
+    model_uri: str | None
+    model_folder: Path
+    checkpoint: Path
+    run_dir: Path
+
+
+@dataclass
+class TrainingData:
+    """A shard folder read for training: manifest, mapping, topology, splits and the Ray data sets."""
+
+    shards: Path
+    manifest: Any
+    mapping: Any
+    topology: Any
+    splits: dict[str, list[str]]
+    datasets: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:09d}"
+
+
+def load_training_data(config) -> TrainingData:
+    """Manifest, mapping, trajectory splits and materialised pair data sets of ``config.data``.
+
+    Connects to Ray when not connected; refuses ``training.use_gpu`` on a
+    cluster without enough GPUs.
+    """
+    import mdtraj as md
+    import ray
+    import ray.data
+
+    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.shards import Manifest, pair_dataset, split_trajectories
+    from finegrain.platform.stack import connect_ray
+
+    t, d = config.training, config.data
+    shards = Path(d.shards).resolve()
+    man = Manifest.load(shards)
+    mapping = CGMapping.from_dict(man.mapping)
+    topology = md.load_topology(str(shards / man.topology_pdb))
+    splits = split_trajectories(man, tuple(d.fractions), d.seed)
+    if not ray.is_initialized():
+        connect_ray()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if t.use_gpu and t.num_workers > 0 and gpus < t.num_workers:
+        raise ValueError(f"training.use_gpu: {t.num_workers} worker(s) need a GPU each, the Ray cluster has "
+                         f"{gpus:g}; set training.use_gpu=false")
+
+    def pairs(split: str):
+        ds = pair_dataset(shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions))
+        ds = ds.select_columns(["aa_prev", "cg", "aa"])
+        return ds.materialize() if d.materialize else ds
+
+    data_ctx = ray.data.DataContext.get_current()
+    bars = data_ctx.enable_progress_bars
+    data_ctx.enable_progress_bars = bars and t.progress
+    try:
+        datasets = {"train": pairs("train")}
+        if splits["validation"]:
+            datasets["validation"] = pairs("validation")
+    finally:
+        data_ctx.enable_progress_bars = bars
+    return TrainingData(shards, man, mapping, topology, splits, datasets)
+
+
+def run_training(config, family: str, data: TrainingData, loop: Callable[[dict], None],
+                 loop_config: Callable[..., dict], to_backmapper: Callable[[str, dict], Any],
+                 extra_params: dict[str, Any] | None = None) -> FitResult:
+    """Train ``family`` on ``data`` with Ray Train and track it in MLflow (see the module docstring).
+
+    loop : the per-worker training function (``train_loop_per_worker``).
+    loop_config : ``(local_mode=, storage_dir=, has_validation=, run_id=, tracking_uri=) -> dict``,
+        the plain-data config of ``loop``.
+    to_backmapper : ``(checkpoint folder, info dict) -> Backmapper`` for the final checkpoint.
+    """
+    import uuid
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from finegrain.platform import tracking
+    from finegrain.platform.stack import stack_home, tracking_uri
+    from finegrain.trainables.tune_hooks import tune_callbacks
+
+    t, man, mapping, splits = config.training, data.manifest, data.mapping, data.splits
+    uri = run_id = None
+    if config.tracking.enabled:
+        uri = tracking_uri()
+        tags = {"family": family, "dataset_digest": man.digest, "mapping": mapping.name, "system": man.system,
+                "data.shards": str(data.shards), "resumed_from": str(t.resume_from or "")}
+        if config.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+        params = {**config.flat(), "data.n_train_trajectories": len(splits["train"]),
+                  "data.n_validation_trajectories": len(splits["validation"]), "data.n_frames": man.n_frames,
+                  **(extra_params or {})}
+        run_id = tracking.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name,
+                                    uri=uri)
+    try:
+        work = Path(t.work_dir or stack_home() / "runs").resolve()
+        name = f"{family}-{run_id}" if run_id else f"{family}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        local = t.num_workers == 0
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config=loop_config(local_mode=local, storage_dir=work / name,
+                                          has_validation="validation" in data.datasets, run_id=run_id,
+                                          tracking_uri=uri),
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                         resources_per_worker=None if local else resources),
+            run_config=RunConfig(name=name, storage_path=str(work), callbacks=tune_callbacks(),
+                                 failure_config=FailureConfig(max_failures=t.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+            datasets=data.datasets,
+        )
+        result = trainer.fit()
+        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system}
+        with result.checkpoint.as_directory() as ck_dir:
+            ck_path = Path(result.checkpoint.path)
+            bm = to_backmapper(ck_dir, info)
+        folder = bm.save(work / name / "model")
+        model_uri = None
+        if run_id:
+            model_uri = tracking.log_backmapper(bm, name=config.tracking.model_name,
+                                                registered_model_name=config.tracking.register_as,
+                                                run_id=run_id, uri=uri)
+            tracking.end_run(run_id, uri=uri)
+    except BaseException:
+        if run_id:
+            tracking.end_run(run_id, failed=True, uri=uri)
+        raise
+    return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)
+
+
+def report_step(step: int, metrics: dict[str, float], logger, loop_config: dict, rank: int,
+                save_checkpoint: Callable[[Path], Any] | None = None) -> None:
+    """Worker side: log ``metrics`` at ``step`` to MLflow (``logger``, rank 0) and report them to Ray Train.
+
+    With ``save_checkpoint`` (writes a checkpoint into the folder it is
+    given), rank 0 writes one and reports it. In-process runs
+    (``loop_config["local_mode"]``) have no controller to persist it, so it
+    is written straight into the run folder.
+    """
+    import ray.train
+
+    if logger is not None:
+        logger.log(step, metrics)
+        logger.flush()
+    metrics = {**metrics, "step": step}
+    if save_checkpoint is None:
+        ray.train.report(metrics)
+        return
+    name = checkpoint_name(step)
+    if loop_config.get("local_mode"):
+        folder = Path(loop_config["storage_dir"]) / name
+        save_checkpoint(folder)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = None
+        if rank == 0:
+            save_checkpoint(Path(tmp))
+            ck = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
