@@ -51,17 +51,18 @@ def leaderboard(
 
 
 def leaderboard_table(rows: list[dict], system: str):
-    """A rich Table of leaderboard rows (also used by the demo)."""
+    """A rich Table of leaderboard rows (also used by the demo): one row per metric, one column per model."""
     from rich.table import Table
 
     from finegrain.platform.evaluation import KEY_METRICS
 
-    table = Table(title=f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else ""))
-    table.add_column("model")
-    for k in KEY_METRICS:
-        table.add_column(k, justify="right")
+    title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
+    table = Table(title=title, caption="lower is better, but for frames_per_s (its_ratio_1: nearest to 1)")
+    table.add_column("metric")
     for row in rows:
-        table.add_row(row["model_label"], *("-" if row[k] is None else f"{row[k]:.4g}" for k in KEY_METRICS))
+        table.add_column(row["model_label"], justify="right")
+    for k in KEY_METRICS:
+        table.add_row(k, *("-" if row[k] is None else f"{row[k]:.3g}" for row in rows))
     return table
 
 
