@@ -9,8 +9,9 @@ family, data digest, mapping, system and the sweep parent as tags), run a
 ``TorchTrainer`` (``num_workers=0``: in-process) with retries, checkpoints and
 the Tune callback, save and log the final model, close the run.
 
-On the worker side, :func:`report_step` reports metrics to MLflow (rank 0)
-and Ray Train, with a checkpoint folder when asked.
+On the worker side, :class:`TrainWorker` holds what every worker shares
+(rank, device, counters, restore) and :func:`report_step` reports metrics to
+MLflow (rank 0) and Ray Train, with a checkpoint folder when asked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name"]
+__all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
+           "TrainWorker"]
 
 
 @dataclass
@@ -194,3 +196,66 @@ def report_step(step: int, metrics: dict[str, float], logger, loop_config: dict,
             save_checkpoint(Path(tmp))
             ck = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
+
+
+class TrainWorker:
+    """What every family's Ray Train worker shares: rank and world size, CPU threads, device,
+    the step/epoch counters, restoring from a checkpoint, and reporting (MLflow on rank 0).
+
+    ``config`` is the plain-data loop config (keys n_atoms, n_beads, seed,
+    cpus_per_worker, use_gpu, resume_from, run_id, tracking_uri, local_mode,
+    storage_dir). A family builds its model and optimizer, then calls
+    :meth:`restore`.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+        import torch
+
+        self.c = config
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.n_atoms, self.n_beads = int(config["n_atoms"]), int(config["n_beads"])
+        if config.get("cpus_per_worker"):
+            torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+        self.device = torch.device("cpu")
+        if config.get("use_gpu") and torch.cuda.is_available():
+            self.device = ray.train.torch.get_device()
+        self.step, self.epoch = 0, 0
+        self.logger = None
+        if self.rank == 0 and config.get("run_id"):
+            from finegrain.platform.tracking import MetricLogger
+
+            self.logger = MetricLogger(config["run_id"], config.get("tracking_uri"))
+
+    def restore(self, model, optimizer, load_state: Callable[[Any], dict]) -> None:
+        """Continue from Ray Train's checkpoint (a restarted group) or ``resume_from``; else start at 0.
+
+        load_state : folder -> {"meta" (step, epoch, n_atoms, n_beads), "model", "optimizer"?}.
+        """
+        import ray.train
+
+        checkpoint, resume_from = ray.train.get_checkpoint(), self.c.get("resume_from")
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                ck = load_state(d)
+        elif resume_from:
+            ck = load_state(resume_from)
+        else:
+            return
+        meta = ck["meta"]
+        if (meta["n_atoms"], meta["n_beads"]) != (self.n_atoms, self.n_beads):
+            raise ValueError(f"checkpoint is for {meta['n_atoms']} atoms / {meta['n_beads']} beads, the data has "
+                             f"{self.n_atoms} / {self.n_beads}")
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint weights do not fit the configured model (architecture changed?): "
+                             f"{exc}") from None
+        if "optimizer" in ck:
+            optimizer.load_state_dict(ck["optimizer"])
+        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+
+    def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
+        """:func:`report_step` at the current step."""
+        report_step(self.step, metrics, self.logger, self.c, self.rank, save_checkpoint)

@@ -40,7 +40,7 @@ from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotati
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
-from finegrain.trainables.ray_run import FitResult, report_step
+from finegrain.trainables.ray_run import FitResult, TrainWorker
 
 if TYPE_CHECKING:
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
@@ -120,59 +120,24 @@ def step_loss(module: torch.nn.Module, aa_prev: torch.Tensor | None, cg: torch.T
 
 
 # ----------------------------------------------------------------------------- worker loop
-class _Worker:
+class _Worker(TrainWorker):
     """State of one training worker (see module docstring). ``config``: plain data from the driver."""
 
     def __init__(self, config: dict[str, Any]):
         import ray.train
 
-        self.c = config
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        super().__init__(config)
         self.cfg = CVAEConfig.from_dict(config["cvae"])
-        self.n_atoms, self.n_beads = int(config["n_atoms"]), int(config["n_beads"])
-        if config.get("cpus_per_worker"):
-            torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-        self.device = torch.device("cpu")
-        if config.get("use_gpu") and torch.cuda.is_available():
-            self.device = ray.train.torch.get_device()
         torch.manual_seed(_seed(config["seed"], 0))  # identical initial weights on every rank
         self.raw = CVAE(self.cfg, self.n_atoms, self.n_beads).to(self.device)
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=self.cfg.learning_rate)
         self.mapping = torch.tensor(config["mapping_matrix"], dtype=torch.float32, device=self.device)
-        self.step, self.epoch = 0, 0
-        self._restore(ray.train.get_checkpoint(), config.get("resume_from"))
+        self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
         self.energy_fn = self._energy_model()
         self._reseed()
-        self.logger = None
-        if self.rank == 0 and config.get("run_id"):
-            from finegrain.platform.tracking import MetricLogger
-
-            self.logger = MetricLogger(config["run_id"], config.get("tracking_uri"))
 
     # -- setup ---------------------------------------------------------------
-    def _restore(self, checkpoint, resume_from: str | None) -> None:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                ck = load_checkpoint_state(d)
-        elif resume_from:
-            ck = load_checkpoint_state(resume_from)
-        else:
-            return
-        meta = ck["meta"]
-        if (meta["n_atoms"], meta["n_beads"]) != (self.n_atoms, self.n_beads):
-            raise ValueError(f"checkpoint is for {meta['n_atoms']} atoms / {meta['n_beads']} beads, the data has "
-                             f"{self.n_atoms} / {self.n_beads}")
-        try:
-            self.raw.load_state_dict(ck["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint weights do not fit the configured model (architecture changed?): "
-                             f"{exc}") from None
-        if "optimizer" in ck:
-            self.opt.load_state_dict(ck["optimizer"])
-        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
-
     def _energy_model(self):
         """U(x) for L_ENERGY, only when lambda can become > 0 within the budget."""
         if not self.c.get("energy", True) or self.cfg.t_lambda0 >= self.c["max_steps"]:
@@ -298,7 +263,7 @@ class _Worker:
         def save(folder: Path) -> None:
             save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final), gmm, bank)
 
-        report_step(self.step, metrics, self.logger, self.c, self.rank, save if checkpoint else None)
+        self.report(metrics, save if checkpoint else None)
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> None:

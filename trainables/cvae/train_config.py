@@ -38,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finegrain.trainables.cvae.config import CVAEConfig
 
-__all__ = ["TrainConfig", "ConfigError", "apply_overrides", "flatten"]
+__all__ = ["TrainConfig", "TrainingConfigBase", "ConfigError", "DataSection", "TrackingSection", "apply_overrides",
+           "flatten"]
 
 PRESETS = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin, "smoke": CVAEConfig.smoke}
 
@@ -114,7 +115,66 @@ class TrackingSection(_Section):
     parent_run_id: str | None = Field(None, description="nest the run under this MLflow run (a sweep's parent)")
 
 
-class TrainConfig(_Section):
+class TrainingConfigBase(_Section):
+    """What every family's training config shares: sections data/model/training/tracking,
+    flattening to MLflow params, and loading from dicts, YAML and ``--set`` overrides.
+
+    A family implements :meth:`resolved_model` (its model config from the
+    ``model`` section: preset + overrides, an object with ``to_dict()``) and
+    may refine :meth:`_check`.
+    """
+
+    def resolved_model(self):
+        raise NotImplementedError
+
+    def _check(self, source: str) -> None:
+        """Family checks after validation; raise ConfigError naming the key."""
+        try:
+            self.resolved_model()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {_model_key(str(exc))}: {exc}") from None
+
+    def flat(self) -> dict[str, str]:
+        """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
+        d = self.model_dump(mode="json")
+        d["model"] = {"preset": self.model.preset, **self.resolved_model().to_dict()}
+        return flatten(d)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config"):
+        """Validate a nested dict; every problem is reported as ``key 'a.b': reason``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections data/model/training/tracking, "
+                              f"got {type(data).__name__}")
+        try:
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        cfg._check(source)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None):
+        """Load a YAML file, apply ``--set key=value`` overrides, validate.
+
+        A relative ``data.shards`` / ``training.*`` path in the file is taken
+        relative to the current directory (as typed on the command line).
+        """
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config {path}: cannot read ({exc})") from None
+        return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
+
+    def with_overrides(self, overrides: list[str]):
+        """A validated copy with ``key=value`` overrides applied."""
+        return type(self).from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
+
+
+class TrainConfig(TrainingConfigBase):
     """The whole configuration of one cVAE training run."""
 
     data: DataSection
@@ -130,50 +190,13 @@ class TrainConfig(_Section):
             cfg = cfg.replace(max_steps=self.training.max_steps)
         return cfg
 
-    def flat(self) -> dict[str, str]:
-        """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
-        d = self.model_dump(mode="json")
-        d["model"] = {"preset": self.model.preset, **self.cvae().to_dict()}
-        return flatten(d)
+    def resolved_model(self) -> CVAEConfig:
+        return self.cvae()
 
-    # -------------------------------------------------------------- construction
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
-        """Validate a nested dict; every problem is reported as ``key 'a.b': reason``."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data/model/training/tracking, "
-                              f"got {type(data).__name__}")
-        try:
-            cfg = cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-        if cfg.training.max_steps is not None and "max_steps" in cfg.model.overrides():
+    def _check(self, source: str) -> None:
+        if self.training.max_steps is not None and "max_steps" in self.model.overrides():
             raise ConfigError(f"{source}: key 'training.max_steps' and key 'model.max_steps' are both set; keep one")
-        try:
-            cfg.cvae()
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {_cvae_key(str(exc))}: {exc}") from None
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        """Load a YAML file, apply ``--set key=value`` overrides, validate.
-
-        A relative ``data.shards`` / ``training.*`` path in the file is taken
-        relative to the current directory (as typed on the command line).
-        """
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config {path}: cannot read ({exc})") from None
-        return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
-
-    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
-        """A validated copy with ``key=value`` overrides applied."""
-        return TrainConfig.from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
+        super()._check(source)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -229,10 +252,11 @@ def _describe(err: dict) -> str:
     return f"key '{loc}': {msg}{got_s}"
 
 
-def _cvae_key(message: str) -> str:
-    """The config key a CVAEConfig error is about (CVAEConfig names its fields)."""
-    m = re.search(r"unknown field\(s\) \['([^']+)'", message)
+def _model_key(message: str) -> str:
+    """The config key a model-config error is about (model configs name their fields)."""
+    m = re.search(r"unknown field\(s\) \['([^']+)'", message) or re.search(r"unexpected keyword argument '(\w+)'",
+                                                                              message)
     if m:
         return f"key 'model.{m.group(1)}'"
-    m = re.search(r"CVAEConfig\.(\w+)", message)
+    m = re.search(r"(?:CVAE|Flow)Config\.(\w+)", message)
     return f"key 'model.{m.group(1)}'" if m else "key 'model'"

@@ -33,7 +33,7 @@ from finegrain.platform.shards import unflatten_pair_batch
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.ray_run import FitResult, report_step
+from finegrain.trainables.ray_run import FitResult, TrainWorker
 
 if TYPE_CHECKING:
     from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -73,52 +73,22 @@ def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
     return out
 
 
-class _Worker:
+class _Worker(TrainWorker):
     """State of one training worker; ``config`` is the plain data of :func:`loop_config`."""
 
     def __init__(self, config: dict[str, Any]):
         import ray.train
 
-        self.c = c = config
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        super().__init__(config)
+        c = config
         self.cfg = FlowConfig.from_dict(c["flow"])
-        self.n_atoms, self.n_beads = int(c["n_atoms"]), int(c["n_beads"])
-        if c.get("cpus_per_worker"):
-            torch.set_num_threads(max(1, int(c["cpus_per_worker"])))
-        self.device = torch.device("cpu")
-        if c.get("use_gpu") and torch.cuda.is_available():
-            self.device = ray.train.torch.get_device()
         torch.manual_seed(_seed(c["seed"], 0))
         self.raw = ConditionalFlow(self.cfg, np.asarray(c["mapping_matrix"]), np.asarray(c["assignment"]))
         self.raw.to(self.device)
         self.opt = make_optimizer(self.raw)
-        self.step, self.epoch = 0, 0
-        self._restore(ray.train.get_checkpoint(), c.get("resume_from"))
+        self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
         self.gen = torch.Generator(self.device).manual_seed(_seed(c["seed"], self.rank, self.step))
-        self.logger = None
-        if self.rank == 0 and c.get("run_id"):
-            from finegrain.platform.tracking import MetricLogger
-
-            self.logger = MetricLogger(c["run_id"], c.get("tracking_uri"))
-
-    def _restore(self, checkpoint, resume_from: str | None) -> None:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                ck = load_checkpoint_state(d)
-        elif resume_from:
-            ck = load_checkpoint_state(resume_from)
-        else:
-            return
-        meta = ck["meta"]
-        if (meta["n_atoms"], meta["n_beads"]) != (self.n_atoms, self.n_beads):
-            raise ValueError(f"checkpoint is for {meta['n_atoms']} atoms / {meta['n_beads']} beads, the data has "
-                             f"{self.n_atoms} / {self.n_beads}")
-        self.raw.load_state_dict(ck["model"])
-        if "optimizer" in ck:
-            self.opt.load_state_dict(ck["optimizer"])
-        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
 
     def _pairs(self, batch: dict):
         prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
@@ -172,7 +142,7 @@ class _Worker:
         def save(folder: Path) -> None:
             save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final))
 
-        report_step(self.step, metrics, self.logger, self.c, self.rank, save if checkpoint else None)
+        self.report(metrics, save if checkpoint else None)
 
     def run(self) -> None:
         import ray.train

@@ -26,16 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from finegrain.trainables.cvae.train_config import (
     ConfigError,
     DataSection,
     TrackingSection,
-    _describe,
+    TrainingConfigBase,
     _Section,
-    apply_overrides,
-    flatten,
 )
 from finegrain.trainables.flow.config import FlowConfig
 
@@ -75,7 +73,7 @@ class FlowTrainingSection(_Section):
     progress: bool = True
 
 
-class FlowTrainConfig(_Section):
+class FlowTrainConfig(TrainingConfigBase):
     """The whole configuration of one flow training run."""
 
     data: DataSection
@@ -87,47 +85,5 @@ class FlowTrainConfig(_Section):
         """The resolved FlowConfig (preset + overrides)."""
         return PRESETS[self.model.preset](**self.model.overrides())
 
-    def flat(self) -> dict[str, str]:
-        """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
-        d = self.model_dump(mode="json")
-        d["model"] = {"preset": self.model.preset, **self.flow().to_dict()}
-        return flatten(d)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "FlowTrainConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data/model/training/tracking, "
-                              f"got {type(data).__name__}")
-        try:
-            cfg = cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-        try:
-            cfg.flow()
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {_model_key(str(exc))}: {exc}") from None
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "FlowTrainConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config {path}: cannot read ({exc})") from None
-        return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
-
-    def with_overrides(self, overrides: list[str]) -> "FlowTrainConfig":
-        return FlowTrainConfig.from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
-
-
-def _model_key(message: str) -> str:
-    import re
-
-    m = re.search(r"unexpected keyword argument '(\w+)'", message)
-    if m:
-        return f"key 'model.{m.group(1)}': unknown key"
-    m = re.search(r"FlowConfig\.(\w+)", message)
-    return f"key 'model.{m.group(1)}'" if m else "key 'model'"
+    def resolved_model(self) -> FlowConfig:
+        return self.flow()
