@@ -26,6 +26,7 @@ class Promotion:
     value: float
     champion_version: str | None  # the champion before the decision
     champion_value: float | None
+    comparable: bool = True  # False: the champion's figure was measured on other data
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,8 +36,8 @@ def _better(value: float, than: float, mode: str) -> bool:
     return value < than if mode == "min" else value > than
 
 
-def champion_figure(name: str, metric: str, uri: str | None = None) -> tuple[str | None, float | None]:
-    """(version, recorded figure on ``metric``) of the current champion; (None, None) when there is none."""
+def champion_figure(name: str, metric: str, uri: str | None = None) -> tuple[str | None, float | None, str | None]:
+    """(version, recorded figure on ``metric``, data hash) of the current champion; Nones when there is none."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -44,9 +45,9 @@ def champion_figure(name: str, metric: str, uri: str | None = None) -> tuple[str
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
+        return None, None, None
     raw = mv.tags.get(f"metric.{metric}")
-    return mv.version, (float(raw) if raw is not None else None)
+    return mv.version, (float(raw) if raw is not None else None), mv.tags.get("data_hash")
 
 
 def register_and_promote(name: str, model_uri: str, metric: str, mode: str, value: float,
@@ -54,7 +55,9 @@ def register_and_promote(name: str, model_uri: str, metric: str, mode: str, valu
     """Register ``model_uri`` as a new version of ``name``; alias it champion if it beats the champion.
 
     A champion without a recorded figure on ``metric`` is beaten by any
-    candidate (it cannot be compared). ``mode``: "min" or "max".
+    candidate. When both carry a ``data_hash`` tag and they differ, the
+    figures are not comparable and the candidate stays ``challenger``
+    (promote it by hand if the new data should win). ``mode``: "min" or "max".
     """
     import math
 
@@ -66,13 +69,15 @@ def register_and_promote(name: str, model_uri: str, metric: str, mode: str, valu
     if not math.isfinite(value):
         raise ValueError(f"value: the candidate's {metric} is not finite ({value})")
     client = MlflowClient(uri)
-    champ_version, champ_value = champion_figure(name, metric, uri)
+    champ_version, champ_value, champ_data = champion_figure(name, metric, uri)
+    data = (tags or {}).get("data_hash")
+    comparable = not (champ_data and data and champ_data != data)
     if uri:
         mlflow.set_tracking_uri(uri)
     mv = mlflow.register_model(model_uri, name)
     for k, v in {f"metric.{metric}": repr(float(value)), **(tags or {})}.items():
         client.set_model_version_tag(name, mv.version, k, str(v))
-    wins = champ_version is None or champ_value is None or _better(value, champ_value, mode)
+    wins = champ_version is None or champ_value is None or (comparable and _better(value, champ_value, mode))
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(name, alias, mv.version)
-    return Promotion(name, str(mv.version), alias, metric, float(value), champ_version, champ_value)
+    return Promotion(name, str(mv.version), alias, metric, float(value), champ_version, champ_value, comparable)

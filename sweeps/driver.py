@@ -112,7 +112,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
     if resume:
         latest = _read_latest(root, spec)
         exp_path, parent_run_id = Path(latest["path"]), latest["parent_run_id"]
-        client.set_terminated(parent_run_id, status="RUNNING")
+        if client.get_run(parent_run_id).info.status == "FINISHED":
+            raise SweepSpecError(f"--resume: the latest sweep {spec.name!r} ({exp_path}) has finished; "
+                                 f"start a new one without --resume")
+        client.update_run(parent_run_id, status="RUNNING")
     else:
         exp_path = root / time.strftime("%Y%m%d-%H%M%S")
         params = {**spec.space_params(), "family": spec.family, "metric": spec.metric, "mode": spec.mode,
@@ -195,7 +198,8 @@ def _finish(spec: SweepSpec, grid, client, parent_run_id: str, exp_path: Path, u
                                      tags={"sweep": spec.name, "data_hash": data_hash, "run_id": best["run_id"]},
                                      uri=uri)
             promotion = p.as_dict()
-            client.set_tag(parent_run_id, "registry.decision", p.alias)
+            client.set_tag(parent_run_id, "registry.decision", p.alias if p.comparable else f"{p.alias} (champion "
+                           f"measured on other data: not compared)")
             client.set_tag(parent_run_id, "registry.version", p.version)
             client.log_metric(parent_run_id, "registry.candidate_value", p.value)
             if p.champion_value is not None:

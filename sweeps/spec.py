@@ -11,7 +11,7 @@
       model.learning_rate: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
       model.sigma: {type: uniform, low: 0.1, high: 0.14}
       model.beta_schedule: {type: choice, values: [cyclic, constant]}
-    metric: val_total                # a validation metric the trainer reports (val_ prefix)
+    metric: val_recon                # a validation metric the trainer reports (val_ prefix)
     mode: min
     num_samples: 3
     max_concurrent_trials: 1
@@ -122,7 +122,7 @@ class ResourcesSection(_Strict):
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers per trial (>= 1; see the class docstring)")
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    gpus_per_worker: Literal[0, 1] = Field(0, description="0 or 1: Ray Train gives each GPU worker a whole GPU")
 
     def trial_cpus(self) -> float:
         return self.cpus_per_worker * self.num_workers

@@ -29,6 +29,12 @@ def sweep(
     overrides = list(set_ or [])
     parsed = SweepSpec.load(spec, overrides)  # refuse a bad spec before anything starts
     if submit:
+        import ray
+
+        from finegrain.platform.stack import connect_ray
+
+        connect_ray()
+        parsed.check_resources(ray.cluster_resources())  # refused here, before a job starts
         args = [str(spec)] + sum((["--set", s] for s in overrides), []) + (["--resume"] if resume else [])
         sys.exit(submit_job(["finegrain", "sweep", *args]))
     from finegrain.sweeps.driver import SweepInterrupted, run_sweep
@@ -66,13 +72,18 @@ def submit_job(entrypoint: list[str], working_dir: str = ".", poll_s: float = 1.
     job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": working_dir})
     typer.echo(f"submitted job {job_id} to {st.dashboard_url}")
     shown = 0
-    while True:
-        status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        sys.stdout.write(logs[shown:])
-        sys.stdout.flush()
-        shown = len(logs)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            typer.echo(f"job {job_id}: {status.value}")
-            return 0 if status == JobStatus.SUCCEEDED else 1
-        time.sleep(poll_s)
+    try:
+        while True:
+            status = client.get_job_status(job_id)
+            logs = client.get_job_logs(job_id)
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                typer.echo(f"job {job_id}: {status.value}")
+                return 0 if status == JobStatus.SUCCEEDED else 1
+            time.sleep(poll_s)
+    except KeyboardInterrupt:  # Ctrl-C here stops the job too (Tune saves its state: --resume continues)
+        client.stop_job(job_id)
+        typer.echo(f"stopped job {job_id}")
+        return 130

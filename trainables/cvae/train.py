@@ -145,8 +145,10 @@ class _Worker(TrainWorker):
         from finegrain.platform.energies import energy_model
 
         try:
+            # the force field's own cap (pair-distance floor + clamp at U_max) keeps float32 finite
+            # for overlapping atoms; L_ENERGY's clamp (eq. 3) is then exact
             return energy_model(self.c["system"], backend=self.c.get("energy_backend", "torch"),
-                                device=self.device, dtype=torch.float32)
+                                device=self.device, dtype=torch.float32, u_max=self.cfg.u_max, cap="clamp")
         except Exception as exc:  # unknown system, unsupported force, ...
             raise ValueError(f"training.energy: no energy model for system {self.c['system']!r} ({exc}); "
                              f"set training.energy=false to train without L_ENERGY") from exc
@@ -204,7 +206,12 @@ class _Worker(TrainWorker):
         n = float(sums[-1])
         energy_on = self.energy_fn is not None and self.cfg.lambda_at(max(self.step - 1, 0)) > 0
         keep = [k for k in TERMS if k != "energy" or energy_on]
-        return {f"val_{k}": float(sums[TERMS.index(k)]) / n for k in keep} if n > 0 else {}
+        if n == 0:
+            return {}
+        out = {f"val_{k}": float(sums[TERMS.index(k)]) / n for k in keep}
+        # schedule- and grid-free: comparable across runs whose lambda/beta/voxel settings differ (sweeps)
+        out["val_recon"] = out["val_aa"] + out["val_cg"] + out["val_edm"]
+        return out
 
     # -- GMM and seed bank ----------------------------------------------------------
     @torch.no_grad()
