@@ -21,6 +21,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import tempfile
 import threading
 import zipfile
@@ -182,12 +183,18 @@ def _suffix(filename: str | None, known: set[str], argument: str) -> str:
     return suffix
 
 
+#: HDF5 formats: PyTables may unpickle attributes of an uploaded file; never read them from a request.
+UNSAFE_FORMATS = {".h5", ".lh5", ".hdf5"}
+#: Seeds must fit torch/numpy generators.
+MAX_SEED = 2**63 - 1
+
+
 def read_cg_upload(traj: bytes, traj_name: str | None, top: bytes | None, top_name: str | None):
     """An mdtraj.Trajectory from uploaded bytes; format from the file names' extensions."""
     import mdtraj as md
     from mdtraj.formats.registry import FormatRegistry
 
-    known = set(FormatRegistry.loaders)
+    known = set(FormatRegistry.loaders) - UNSAFE_FORMATS
     traj_suffix = _suffix(traj_name, known, "cg_file")
     top_suffix = _suffix(top_name, known | {".psf", ".prmtop", ".parm7"}, "cg_top") if top is not None else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +241,7 @@ def write_aa(xyz: np.ndarray, topology, time, fmt: str) -> tuple[bytes, str, str
 def _form_int(value, argument: str, default):
     if value is None or value == "":
         return default
-    if isinstance(value, UploadFile) or not str(value).lstrip("-").isdigit() or int(value) < 0 or (
+    if isinstance(value, UploadFile) or not re.fullmatch(r"[0-9]{1,18}", str(value)) or (
             argument == "samples" and int(value) < 1):
         raise RequestError(f"{argument}: expected a {'positive' if argument == 'samples' else 'non-negative'} "
                            f"integer, got {value if not isinstance(value, UploadFile) else 'a file'!r}")
@@ -246,7 +253,7 @@ class BackmapRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cg_nm: list[list[list[float]]] = Field(description="CG frames [T][n_beads][3], nm.")
     samples: int = Field(1, ge=1, description="Independent samples K per frame.")
-    seed: int | None = Field(None, ge=0, description="Random seed (reproducible samples).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed (reproducible samples).")
     prev_aa_nm: list[list[float]] | None = Field(None, description="AA frame [n_atoms][3] nm before cg_nm[0] "
                                                                     "(continues a trajectory; cVAE).")
     bead_names: list[str] | None = Field(None, description="Bead names, checked against the model's mapping.")

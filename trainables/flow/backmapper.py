@@ -44,6 +44,11 @@ class FlowBackmapper(Backmapper):
         return self.flow.config
 
     @property
+    def frames_independent(self) -> bool:
+        """Frame-only flows sample each frame on its own; temporal ones condition on AA(t-1)."""
+        return not self.config.temporal
+
+    @property
     def device(self) -> torch.device:
         return self.flow.geometry.proj.device
 
