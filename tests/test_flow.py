@@ -295,26 +295,34 @@ def test_config_errors_name_the_key(tmp_path):
 # ----------------------------------------------------------------------------- Ray Train + MLflow
 @pytest.mark.slow
 def test_adp_flow_trains_in_process_and_logs_to_mlflow(stack, adp_shards, tmp_path):
-    import mlflow
+    """`finegrain train` dispatches on the config's family (flow) and logs a loadable model."""
+    from pathlib import Path
 
+    import mlflow
+    import typer
+    from typer.testing import CliRunner
+
+    from finegrain.platform.cli import train_cmds
     from finegrain.platform.shards import read_frames
     from finegrain.platform.tracking import load_backmapper_from_uri
-    from finegrain.trainables.flow.train import fit_detailed
-    from finegrain.trainables.flow.train_config import FlowTrainConfig
 
-    cfg = FlowTrainConfig.from_yaml(
-        "trainables/configs/adp_flow_smoke.yaml",
-        [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", "training.num_workers=0",
-         "training.max_steps=12", "training.eval_every=6", "training.checkpoint_every=6", "training.log_every=3",
-         "training.val_nll_frames=4", "training.progress=false", f"training.work_dir={tmp_path}",
-         "tracking.experiment=test-flow"])
-    res = fit_detailed(cfg)
-    run = mlflow.MlflowClient().get_run(res.run_id)
+    app = typer.Typer()
+    train_cmds.register(app)
+    sets = [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", "training.num_workers=0",
+            "training.max_steps=12", "training.eval_every=6", "training.checkpoint_every=6", "training.log_every=3",
+            "training.val_nll_frames=4", "training.progress=false", f"training.work_dir={tmp_path}",
+            "tracking.experiment=test-flow"]
+    config = Path(__file__).resolve().parents[1] / "trainables" / "configs" / "adp_flow_smoke.yaml"
+    out = CliRunner().invoke(app, ["train", str(config)] + sum((["--set", x] for x in sets), []))
+    assert out.exit_code == 0, out.output
+    lines = dict(line.split(": ", 1) for line in out.output.splitlines() if ": " in line)
+    run = mlflow.MlflowClient().get_run(lines["run id"])
     assert run.data.tags["family"] == "flow" and run.data.tags["mapping"] == "backbone6"
     assert {"train_total", "val_total", "val_nll", "val_nll_per_dof"} <= set(run.data.metrics)
     assert math.isfinite(run.data.metrics["val_nll"])
     assert run.data.params["model.preset"] == "smoke"
-    bm = load_backmapper_from_uri(res.model_uri)
+    bm = load_backmapper_from_uri(lines["model uri"])
+    assert bm.family == "flow"
     fr = read_frames(adp_shards)
     xyz = bm.backmap_xyz(fr["cg_xyz_nm"][:3], n_samples=1, seed=0)
     assert np.allclose(bm.mapping.map(xyz), fr["cg_xyz_nm"][:3], atol=1e-4)

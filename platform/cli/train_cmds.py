@@ -33,12 +33,16 @@ def train(
     config: Path = typer.Argument(..., help="Training config YAML (see trainables/configs/)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
 ) -> None:
-    """Train a cVAE backmapper on Ray Train; prints the MLflow run id and model URI."""
-    from finegrain.trainables.cvae.train import fit_detailed
-    from finegrain.trainables.cvae.train_config import TrainConfig
+    """Train a backmapper on Ray Train (the config's `family`: cvae, flow); prints the MLflow run id and model URI."""
+    import yaml
+
+    from finegrain.trainables.protocol import trainer_for
 
     try:
-        cfg = TrainConfig.from_yaml(config, list(set_ or []))
+        data = yaml.safe_load(config.read_text()) if config.is_file() else None
+        family = data.get("family") or "cvae" if isinstance(data, dict) else "cvae"
+        config_cls, fit_detailed = trainer_for(family)
+        cfg = config_cls.from_yaml(config, list(set_ or []))
         result = fit_detailed(cfg)
     except _user_errors() as exc:
         _fail(exc)

@@ -1,6 +1,7 @@
 """The typed top-level configuration of a cVAE training run (YAML + ``--set`` overrides).
 
-A config file has four sections; every key is optional except ``data.shards``::
+A config file has four sections (and an optional ``family: cvae``); every key is
+optional except ``data.shards``::
 
     data:                      # where the pairs (AA(t-lag), CG(t), AA(t)) come from
       shards: path/to/shards   # a `finegrain ingest` output folder (manifest.json)
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -124,11 +125,16 @@ class TrainingConfigBase(_Section):
     may refine :meth:`_check`.
     """
 
+    FAMILY: ClassVar[str] = "?"
+    family: str | None = Field(None, description="the model family (finegrain train dispatches on it)")
+
     def resolved_model(self):
         raise NotImplementedError
 
     def _check(self, source: str) -> None:
         """Family checks after validation; raise ConfigError naming the key."""
+        if self.family not in (None, self.FAMILY):
+            raise ConfigError(f"{source}: key 'family': {self.family!r} is not a {self.FAMILY} config")
         try:
             self.resolved_model()
         except (TypeError, ValueError) as exc:
@@ -176,6 +182,8 @@ class TrainingConfigBase(_Section):
 
 class TrainConfig(TrainingConfigBase):
     """The whole configuration of one cVAE training run."""
+
+    FAMILY: ClassVar[str] = "cvae"
 
     data: DataSection
     model: ModelSection = Field(default_factory=ModelSection)

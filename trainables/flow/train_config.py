@@ -24,7 +24,7 @@ naming the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,6 +75,8 @@ class FlowTrainingSection(_Section):
 
 class FlowTrainConfig(TrainingConfigBase):
     """The whole configuration of one flow training run."""
+
+    FAMILY: ClassVar[str] = "flow"
 
     data: DataSection
     model: FlowModelSection = Field(default_factory=FlowModelSection)
