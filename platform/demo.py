@@ -162,6 +162,7 @@ def _sweep(cfg: DemoConfig, console: Console, made: dict) -> None:
     from mlflow import MlflowClient
 
     from finegrain.platform.cli.sweep_cmds import submit_job
+    from finegrain.platform.stack import tracking_uri
     from finegrain.sweeps.spec import SweepSpec
 
     console.rule("[bold]6. smoke sweep through `ray job submit` (Tune + Optuna + ASHA)")
@@ -170,7 +171,7 @@ def _sweep(cfg: DemoConfig, console: Console, made: dict) -> None:
                      f"data.shards={made['shards_train']}"], working_dir=str(PACKAGE))
     if rc != 0:
         raise RuntimeError("the sweep job failed; its logs are above")
-    mv = MlflowClient().get_model_version_by_alias(spec.register_as, "champion")
+    mv = MlflowClient(tracking_uri()).get_model_version_by_alias(spec.register_as, "champion")
     made["champion"] = f"models:/{spec.register_as}@champion"
     console.print(f"champion: {spec.register_as} v{mv.version} (run {mv.run_id}, "
                   f"{spec.metric} {float(mv.tags.get(f'metric.{spec.metric}', 'nan')):.6g})")

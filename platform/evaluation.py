@@ -37,10 +37,14 @@ class EvalResult:
     figures: dict = field(default_factory=dict, repr=False)
 
 
-def load_reference(reference: str | Path, mapping, top: str | Path | None = None) -> dict:
+def load_reference(reference: str | Path, mapping, top: str | Path | None = None, split: str = "all",
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict:
     """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system`` and ``data_hash``.
 
     reference : a shard folder, or an AA trajectory file (then ``top`` is needed).
+    split : for a shard folder, "all" its trajectories or one split ("train", "validation",
+        "test") of ``shards.split_trajectories(fractions, seed)`` (the training defaults), so a
+        model is tested on trajectories it did not train on.
     """
     import mdtraj as md
 
@@ -53,8 +57,18 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
         if man.mapping["bead_names"] != list(mapping.bead_names):
             raise InputError(f"reference {path}: mapped with beads {man.mapping['bead_names']}, "
                              f"the model's mapping '{mapping.name}' has {list(mapping.bead_names)}")
-        frames = read_frames(path)
-        frames.update(system=man.system, data_hash=man.digest)
+        ids = None
+        if split != "all":
+            from finegrain.platform.shards import split_trajectories
+
+            if split not in ("train", "validation", "test"):
+                raise InputError(f"split: expected all, train, validation or test, got {split!r}")
+            ids = split_trajectories(man, fractions, seed)[split]
+            if not ids:
+                raise InputError(f"reference {path}: the {split} split of {man.n_trajectories} trajectories is empty "
+                                 f"(fractions {list(fractions)}); use --split all with a held-out shard folder")
+        frames = read_frames(path, ids)
+        frames.update(system=man.system, data_hash=man.digest if ids is None else f"{man.digest}:{split}")
         return frames
     if top is None:
         raise InputError(f"reference {path}: an AA trajectory needs --top")
@@ -119,7 +133,7 @@ def _model_run_id(model: str) -> str | None:
 def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None, cg: str | Path | None = None,
              cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
              experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
-             lag_ps: float | None = None) -> EvalResult:
+             lag_ps: float | None = None, split: str = "all") -> EvalResult:
     """Backmap, compare, log (see module docstring). Returns metrics, run id and report path."""
     import mdtraj as md
 
@@ -129,7 +143,7 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
     bm = load_backmapper_any(model)
-    ref = load_reference(reference, bm.mapping, top)
+    ref = load_reference(reference, bm.mapping, top, split=split)
     system = system or ref["system"]
     if cg is None:
         cg_xyz, cg_tid, kind = ref["cg_xyz_nm"], ref["traj_id"], "in-distribution"

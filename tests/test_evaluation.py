@@ -83,3 +83,18 @@ def test_em_baseline_and_the_leaderboard(stack, adp_shards, baselines, tmp_path)
     out = subprocess.run([str(exe), "leaderboard", "--system", "adp"], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "COLUMNS": "250"})
     assert out.returncode == 0 and "nullspace" in out.stdout and "em" in out.stdout
+
+
+def test_shard_reference_can_be_restricted_to_a_split(adp_shards, baselines):
+    """A shard reference evaluates only the trajectories of the chosen split (never the training ones)."""
+    from finegrain.platform.evaluation import load_reference
+    from finegrain.platform.shards import split_trajectories
+
+    mapping = baselines["nullspace"][0].mapping
+    man = Manifest.load(adp_shards)
+    held_out = split_trajectories(man, (0.5, 0.5, 0.0), 0)["validation"]
+    ref = load_reference(adp_shards, mapping, split="validation", fractions=(0.5, 0.5, 0.0))
+    assert sorted(set(ref["traj_id"].tolist())) == held_out and len(held_out) == 1
+    assert len(ref["frame"]) == man.n_frames // 2 and ref["data_hash"] == f"{man.digest}:validation"
+    with pytest.raises(InputError, match="the test split of 2 trajectories is empty"):
+        load_reference(adp_shards, mapping, split="test")

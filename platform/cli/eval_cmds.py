@@ -24,13 +24,16 @@ def evaluate(
     seed: int = typer.Option(0, help="Random seed for sampling."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
     lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: 5 ps ADP, 4 ns chignolin)."),
+    split: str = typer.Option("all", help="Shard reference: all trajectories, or the train/validation/test split "
+                                          "of the training defaults (fractions 0.8/0.1/0.1, seed 0)."),
 ) -> None:
     """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
     from rich.console import Console
 
     from finegrain.platform.evaluation import evaluate as run
 
-    res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps)
+    res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
+              split=split)
     console = Console()
     for k in sorted(res.metrics):
         console.print(f"{k:32s} {res.metrics[k]:.6g}")

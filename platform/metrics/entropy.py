@@ -264,8 +264,12 @@ def giulini_smap(energy_kj_mol, cg_xyz=None, temperature_k: float = 300.0, n_clu
         else:
             from deeptime.clustering import KMeans
 
-            np.random.seed(seed)  # deeptime's kmeans++ draws from numpy's global RNG
-            km = KMeans(n_clusters=int(n_clusters), fixed_seed=int(seed), max_iter=200).fit(feats).fetch_model()
+            state = np.random.get_state()  # deeptime's kmeans++ draws from numpy's global RNG: seed it, then restore
+            np.random.seed(seed)
+            try:
+                km = KMeans(n_clusters=int(n_clusters), fixed_seed=int(seed), max_iter=200).fit(feats).fetch_model()
+            finally:
+                np.random.set_state(state)
             labels = km.transform(feats)
     labels = np.asarray(labels)
     if labels.shape != u.shape:
