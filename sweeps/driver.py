@@ -61,29 +61,37 @@ def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{spec.name}-{trial_id}"
     client = MlflowClient(ctx["tracking_uri"])
-    _drop_unfinished_child(client, ctx["experiment_id"], ctx["parent_run_id"], run_name)
-    extra = [f"tracking.parent_run_id={ctx['parent_run_id']}", to_override("tracking.experiment", spec.experiment_name),
-             to_override("tracking.run_name", run_name), "tracking.register_as=null", "tracking.enabled=true",
-             to_override("training.work_dir", str(Path(ctx["work_dir"]) / trial_id)), "training.progress=false"]
-    config = spec.trial_config(params).with_overrides(extra)
-    _, fit = trainer_for(spec.family)
-    result = fit(config)
-    history = client.get_metric_history(result.run_id, spec.metric)
+    run_id = _finished_child(client, ctx["experiment_id"], ctx["parent_run_id"], run_name)
+    if run_id is None:  # a first attempt, or one an interruption cut short: train
+        extra = [f"tracking.parent_run_id={ctx['parent_run_id']}",
+                 to_override("tracking.experiment", spec.experiment_name), to_override("tracking.run_name", run_name),
+                 "tracking.register_as=null", "tracking.enabled=true",
+                 to_override("training.work_dir", str(Path(ctx["work_dir"]) / trial_id)), "training.progress=false"]
+        config = spec.trial_config(params).with_overrides(extra)
+        _, fit = trainer_for(spec.family)
+        run_id = fit(config).run_id
+        client.set_tag(run_id, "sweep.trial_id", trial_id)
+    history = client.get_metric_history(run_id, spec.metric)
     if not history:
         raise ValueError(f"metric: the {spec.family} trainer never reported {spec.metric!r} "
                          f"(is there a validation split?)")
-    client.set_tag(result.run_id, "sweep.trial_id", trial_id)
-    ray.tune.report({spec.metric: history[-1].value, "step": history[-1].step, "model_uri": result.model_uri,
-                     "mlflow_run_id": result.run_id})
+    model_name = spec.trial_config(params).tracking.model_name
+    ray.tune.report({spec.metric: history[-1].value, "step": history[-1].step,
+                     "model_uri": f"runs:/{run_id}/{model_name}", "mlflow_run_id": run_id})
 
 
-def _drop_unfinished_child(client, experiment_id: str, parent_run_id: str, run_name: str) -> None:
-    """Delete a child run of this trial left unfinished by an interrupted sweep (resume)."""
+def _finished_child(client, experiment_id: str, parent_run_id: str, run_name: str) -> str | None:
+    """The finished child run of this trial, if an earlier attempt got that far (resume after an
+    interruption between the end of training and Tune's record of it); unfinished ones are deleted."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
                               f"attributes.run_name = '{run_name}'")
+    finished = None
     for r in runs:
-        if r.info.status != "FINISHED":
+        if r.info.status == "FINISHED" and finished is None:
+            finished = r.info.run_id
+        elif r.info.status != "FINISHED":
             client.delete_run(r.info.run_id)
+    return finished
 
 
 # ----------------------------------------------------------------------------- the driver
