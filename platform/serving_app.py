@@ -8,11 +8,12 @@ shapes, bead counts or names, non-finite or non-nm coordinates, unreadable
 files or an unknown output format. The replica keeps serving.
 
 Batching: ``@serve.batch`` collects concurrent requests; requests without a
-seed or a previous AA frame, for a model whose frames are independent (the
-null-space and energy-minimisation baselines), are concatenated along the
-frame axis and backmapped in one call per sample count. Seeded requests and
-temporally coherent models (cVAE: frame t is conditioned on frame t-1) are
-run one by one, so a seed gives the same frames as ``backmap_xyz`` locally.
+seed or a previous AA frame are merged: for a model whose frames are
+independent (baselines, frame-only models) along the frame axis, for a
+temporally coherent one (the cVAE) as equal-length trajectories advanced
+together (``Backmapper.backmap_trajectories``), one call per sample count.
+Seeded requests run one by one, so a seed gives the same frames as
+``backmap_xyz`` locally.
 """
 
 # No `from __future__ import annotations`: Serve rebuilds the route methods, and FastAPI must see
@@ -96,9 +97,16 @@ class Job:
     prev_aa: np.ndarray | None = None
 
     @property
-    def mergeable(self) -> bool:
+    def group(self) -> tuple | None:
+        """Jobs with the same key run as one model call; None: this one runs alone (seeded or continued).
+
+        Frame-independent models concatenate frames; temporally coherent ones
+        advance equal-length trajectories together (``backmap_trajectories``).
+        """
+        if self.seed is not None or self.prev_aa is not None:
+            return None
         bm = self.served.backmapper
-        return bm.frames_independent and self.seed is None and self.prev_aa is None
+        return (id(self.served), self.samples, None if bm.frames_independent else self.cg.shape[0])
 
 
 def run_jobs(jobs: list[Job]) -> list:
@@ -106,8 +114,8 @@ def run_jobs(jobs: list[Job]) -> list:
     out: list = [None] * len(jobs)
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
-        if job.mergeable:
-            groups[(id(job.served), job.samples)].append(i)
+        if job.group is not None:
+            groups[job.group].append(i)
         else:
             out[i] = _run_one(job)
     for idx in groups.values():
@@ -115,14 +123,19 @@ def run_jobs(jobs: list[Job]) -> list:
             out[idx[0]] = _run_one(jobs[idx[0]])
             continue
         first = jobs[idx[0]]
+        bm = first.served.backmapper
         try:
-            xyz = first.served.backmapper.backmap_xyz(np.concatenate([jobs[i].cg for i in idx]), first.samples)
+            if bm.frames_independent:
+                xyz = bm.backmap_xyz(np.concatenate([jobs[i].cg for i in idx]), first.samples)
+                ends = np.cumsum([jobs[i].cg.shape[0] for i in idx])
+                parts = np.split(xyz, ends[:-1], axis=1)
+            else:
+                parts = list(bm.backmap_trajectories(np.stack([jobs[i].cg for i in idx]), first.samples))
         except Exception:  # isolate the request that fails
             for i in idx:
                 out[i] = _run_one(jobs[i])
             continue
-        ends = np.cumsum([jobs[i].cg.shape[0] for i in idx])
-        for i, part in zip(idx, np.split(xyz, ends[:-1], axis=1)):
+        for i, part in zip(idx, parts):
             out[i] = part
     return out
 

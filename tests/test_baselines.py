@@ -143,6 +143,11 @@ def test_protocol_backmap_trajectory_and_bad_input(adp, nullspace):
     cg = md.Trajectory(mapping.map(adp["test"][:5]).astype(np.float32), cg_top)
     trajs = nullspace.backmap(cg, n_samples=2, seed=0)
     assert len(trajs) == 2 and trajs[0].n_atoms == 22 and trajs[0].n_frames == 5
+    # M trajectories in one call (the protocol's default loops; Serve batches through it)
+    many = nullspace.backmap_trajectories(np.stack([cg.xyz[:3], cg.xyz[2:5]]).astype(np.float64), 2, seed=4)
+    assert many.shape == (2, 2, 3, 22, 3)
+    expected = np.broadcast_to(np.stack([cg.xyz[:3], cg.xyz[2:5]])[:, None], many.shape[:3] + (6, 3))
+    np.testing.assert_allclose(mapping.map(many), expected, atol=1e-6)
     with pytest.raises(InputError, match="beads"):
         nullspace.backmap_xyz(np.zeros((2, 5, 3)))
     with pytest.raises(ValueError, match="mode"):

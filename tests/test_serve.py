@@ -150,6 +150,34 @@ def test_bead_spacing_check_on_a_lattice_of_known_spacing(shape):
         check_bead_spacing(0.01 * grid, (0.05, 1.0), "cg")
 
 
+
+def test_run_jobs_advances_equal_length_trajectories_of_a_temporal_model_together(versions, cg):
+    """A temporally coherent model is not concatenated along frames: equal-length requests become M chains."""
+    from finegrain.platform.serving_app import Job, Served, run_jobs
+
+    _, bm = champion(versions)
+    calls = []
+
+    class Temporal:
+        family, mapping, topology, frames_independent = "cvae", bm.mapping, bm.topology, False
+
+        def backmap_xyz(self, cg_xyz, n_samples=1, seed=None, prev_aa_xyz=None):
+            calls.append(("xyz", len(cg_xyz)))
+            return bm.backmap_xyz(cg_xyz, n_samples, seed=seed)
+
+        def backmap_trajectories(self, cg_xyz, n_samples=1, seed=None):
+            calls.append(("trajectories", cg_xyz.shape[:2]))
+            return np.stack([bm.backmap_xyz(c, n_samples) for c in cg_xyz])
+
+    served = Served(ref=None, backmapper=Temporal(), info={})
+    jobs = [Job(served, cg[:3], 2), Job(served, cg[3:6], 2), Job(served, cg[:2], 2), Job(served, cg[:3], 2, seed=1)]
+    out = run_jobs(jobs)
+    # the two 3-frame requests: one call with M = 2 chains; the 2-frame one and the seeded one alone
+    assert sorted(calls, key=str) == sorted([("trajectories", (2, 3)), ("xyz", 2), ("xyz", 3)], key=str)
+    for job, res in zip(jobs, out):
+        assert res.shape == (2, len(job.cg), 22, 3)
+        assert np.abs(bm.mapping.map(res) - job.cg[None]).max() < 1e-9
+
 def test_file_backmap_in_xtc_and_as_a_zip_of_samples(server, versions, cg, tmp_path):
     _, bm = champion(versions)
     cg_traj = md.Trajectory(cg.astype(np.float32), bm.mapping.cg_topology(), time=np.arange(12) * 2.0)

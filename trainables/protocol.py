@@ -74,6 +74,16 @@ class Backmapper(ABC):
                     prev_aa_xyz: np.ndarray | None = None) -> np.ndarray:
         """[T, n_beads, 3] nm -> [n_samples, T, n_atoms, 3] nm."""
 
+    def backmap_trajectories(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None) -> np.ndarray:
+        """M independent CG trajectories of equal length in one call: [M, T, n, 3] -> [M, K, T, N, 3] nm.
+
+        The default backmaps them one by one; families that can advance many
+        chains together (the cVAE) override it. Serving batches through this.
+        """
+        rng = np.random.default_rng(seed)
+        seeds = rng.integers(0, 2**31 - 1, size=len(cg_xyz))
+        return np.stack([self.backmap_xyz(c, n_samples, seed=int(s)) for c, s in zip(cg_xyz, seeds)])
+
     @abstractmethod
     def _config(self) -> dict[str, Any]:
         """JSON-serialisable settings needed to rebuild the model."""

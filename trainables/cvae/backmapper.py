@@ -218,6 +218,10 @@ class CVAEBackmapper(Backmapper):
         prev = None if prev_aa_xyz is None else check_xyz(prev_aa_xyz, self.mapping.n_atoms, "prev_aa_xyz")[:1]
         return self.backmap_batch(cg[None], n_samples=n_samples, seed=seed, prev_aa_xyz=prev)[0]
 
+    def backmap_trajectories(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None) -> np.ndarray:
+        """All chains of M trajectories advance together (:meth:`backmap_batch`): [M, K, T, N, 3] nm."""
+        return self.backmap_batch(cg_xyz, n_samples=n_samples, seed=seed)
+
     @torch.inference_mode()
     def backmap_batch(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None,
                       prev_aa_xyz: np.ndarray | None = None, max_batch: int = 4096,
