@@ -168,6 +168,13 @@ def check_bead_spacing(cg: np.ndarray, window: tuple[float, float], argument: st
                            f"coordinates must be in nm{hint}")
 
 
+def _json_answer(xyz: np.ndarray, info: dict, model: dict) -> bytes:
+    """The JSON body of POST /backmap (1e-6 nm rounding)."""
+    body = {"aa_nm": np.round(xyz, 6).tolist(), "atom_names": info["atom_names"],
+            "residue_names": info["residue_names"], "residue_ids": info["residue_ids"], "model": model}
+    return json.dumps(body).encode()
+
+
 def _parse(model: type[BaseModel], raw: bytes) -> BaseModel:
     try:
         return model.model_validate_json(raw)
@@ -409,14 +416,14 @@ class BackmapServer:
         """CG frames (JSON) -> K samples of AA frames (JSON)."""
         served = self.served  # this request stays on this version even if the alias moves meanwhile
         self._check_length(request)
-        req = _parse(BackmapRequest, await request.body())
+        # parsing and writing up to max_bytes of JSON happen off the event loop: /healthz and
+        # the batcher keep running meanwhile
+        req = await asyncio.to_thread(_parse, BackmapRequest, await request.body())
         job = self._job(served, _as_array(req.cg_nm, "cg_nm"), "cg_nm", req.samples, req.seed, req.prev_aa_nm,
                         req.bead_names)
         xyz = await self._backmap(job)
-        info = served.info
-        body = {"aa_nm": np.round(xyz, 6).tolist(), "atom_names": info["atom_names"],
-                "residue_names": info["residue_names"], "residue_ids": info["residue_ids"], "model": served.short}
-        return Response(json.dumps(body), media_type="application/json")
+        body = await asyncio.to_thread(_json_answer, xyz, served.info, served.short)
+        return Response(body, media_type="application/json")
 
     @http.post("/backmap/file", responses={200: {"content": {"application/octet-stream": {}, "application/zip": {}}},
                                            **_ERRORS}, openapi_extra=_FILE_FORM)

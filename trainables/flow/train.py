@@ -88,7 +88,12 @@ class _Worker(TrainWorker):
         self.opt = make_optimizer(self.raw)
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
-        self.gen = torch.Generator(self.device).manual_seed(_seed(c["seed"], self.rank, self.step))
+        self._reseed()
+
+    def _reseed(self) -> None:
+        """The noise generator as a function of (seed, rank, step): after a checkpoint, a resumed run draws
+        what the uninterrupted one draws."""
+        self.gen = torch.Generator(self.device).manual_seed(_seed(self.c["seed"], self.rank, self.step))
 
     def _pairs(self, batch: dict):
         prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
@@ -176,6 +181,8 @@ class _Worker(TrainWorker):
                     if eval_now:
                         metrics.update(self._validate())
                     self._report(metrics, checkpoint=ckpt_now, final=self.step == max_steps)
+                    if ckpt_now:
+                        self._reseed()
                     acc, n_acc, t_busy = 0.0, 0, 0.0
                 if self.step >= max_steps:
                     break
