@@ -259,3 +259,17 @@ class TrainWorker:
     def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
         report_step(self.step, metrics, self.logger, self.c, self.rank, save_checkpoint)
+
+    def progress(self, total: int, desc: str):
+        """Rank 0's progress bar from the current step (tqdm in-process, Ray's tqdm in a worker group)."""
+        if self.rank != 0 or not self.c.get("progress"):
+            return None
+        if self.c.get("local_mode"):
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, initial=self.step, desc=desc, unit="step")
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total, desc=desc)
+        bar.update(self.step)
+        return bar

@@ -278,7 +278,7 @@ class _Worker(TrainWorker):
 
         c, cfg = self.c, self.cfg
         max_steps = int(c["max_steps"])
-        bar = self._progress(max_steps)
+        bar = self.progress(max_steps, "train cVAE")
         shard = ray.train.get_dataset_shard("train")
         acc: dict[str, float] = {}
         n_acc, t_busy = 0, 0.0
@@ -341,19 +341,6 @@ class _Worker(TrainWorker):
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
             raise RuntimeError(f"injected failure at step {at} (training.inject_failure_at)")
-
-    def _progress(self, total: int):
-        if self.rank != 0 or not self.c.get("progress"):
-            return None
-        if self.c.get("local_mode"):
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, initial=self.step, desc="train cVAE", unit="step")
-        from ray.experimental.tqdm_ray import tqdm
-
-        bar = tqdm(total=total, desc="train cVAE")
-        bar.update(self.step)
-        return bar
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finegrain.trainables.cvae.config import CVAEConfig
 
-__all__ = ["TrainConfig", "TrainingConfigBase", "ConfigError", "DataSection", "TrackingSection", "apply_overrides",
+__all__ = ["TrainConfig", "TrainingConfigBase", "RunSection", "ConfigError", "DataSection", "TrackingSection", "apply_overrides",
            "flatten"]
 
 PRESETS = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin, "smoke": CVAEConfig.smoke}
@@ -81,10 +81,12 @@ class ModelSection(BaseModel):
         return dict(self.model_extra or {})
 
 
-class TrainingSection(_Section):
-    """The run: budget, cadence, scaling, fault tolerance, inference extras."""
+class RunSection(_Section):
+    """The training-section fields every family shares: cadence, scaling, fault tolerance, folders.
 
-    max_steps: int | None = Field(None, ge=1, description="None: the preset's (Table 1) count")
+    A family's training section subclasses it, redeclaring a field to change its default.
+    """
+
     checkpoint_every: int = Field(10_000, ge=1)
     eval_every: int = Field(10_000, ge=1)
     log_every: int = Field(100, ge=1)
@@ -94,14 +96,20 @@ class TrainingSection(_Section):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
     keep_checkpoints: int | None = Field(None, ge=1, description="checkpoints kept on disk; None: all")
     seed: int = 0
+    resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
+    work_dir: Path | None = Field(None, description="Ray Train storage and model folders; None: $FINEGRAIN_HOME/runs")
+    progress: bool = True
+
+
+class TrainingSection(RunSection):
+    """The cVAE run: budget, energy term, inference extras (and the shared :class:`RunSection`)."""
+
+    max_steps: int | None = Field(None, ge=1, description="None: the preset's (Table 1) count")
     energy: bool = Field(True, description="add lambda L_ENERGY once lambda > 0 (needs an energy model of the system)")
     energy_backend: Literal["torch", "openmm"] = "torch"
     latent_prior: Literal["gmm", "normal"] = Field("gmm", description="inference prior: GMM on the posterior or N(0, I)")
     gmm_max_samples: int = Field(100_000, ge=1, description="posterior means used to fit the GMM")
     bank_size: int = Field(1024, ge=1, description="training (CG(t), AA(t-1)) pairs kept to seed inference")
-    resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
-    work_dir: Path | None = Field(None, description="Ray Train storage and model folders; None: $FINEGRAIN_HOME/runs")
-    progress: bool = True
     inject_failure_at: int | None = Field(None, ge=0, description="drill: rank 0 raises once at this step")
 
 

@@ -156,7 +156,7 @@ class _Worker(TrainWorker):
         max_steps = int(c["max_steps"])
         shard = ray.train.get_dataset_shard("train")
         acc, n_acc, t_busy = 0.0, 0, 0.0
-        bar = self._progress(max_steps)
+        bar = self.progress(max_steps, "train flow")
         while self.step < max_steps:
             n_batches = 0
             t0 = time.perf_counter()
@@ -194,19 +194,6 @@ class _Worker(TrainWorker):
                 self.epoch += 1
         if bar is not None:
             bar.close()
-
-    def _progress(self, total: int):
-        if self.rank != 0 or not self.c.get("progress"):
-            return None
-        if self.c.get("local_mode"):
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, initial=self.step, desc="train flow", unit="step")
-        from ray.experimental.tqdm_ray import tqdm
-
-        bar = tqdm(total=total, desc="train flow")
-        bar.update(self.step)
-        return bar
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -23,7 +23,6 @@ naming the key.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from finegrain.trainables.cvae.train_config import (
     ConfigError,
     DataSection,
+    RunSection,
     TrackingSection,
     TrainingConfigBase,
-    _Section,
 )
 from finegrain.trainables.flow.config import FlowConfig
 
@@ -52,25 +51,16 @@ class FlowModelSection(BaseModel):
         return dict(self.model_extra or {})
 
 
-class FlowTrainingSection(_Section):
-    """The run: budget, cadence, scaling, validation likelihood."""
+class FlowTrainingSection(RunSection):
+    """The flow run: budget, validation likelihood (and the shared :class:`RunSection`)."""
 
     max_steps: int = Field(2000, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     eval_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
-    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs in this process (local mode)")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    max_failures: int = Field(2, ge=-1)
-    keep_checkpoints: int | None = Field(None, ge=1)
-    seed: int = 0
     val_nll_frames: int = Field(64, ge=0, description="validation frames scored by -log q at each evaluation")
     val_divergence: Literal["exact", "hutchinson"] = "hutchinson"
     val_steps: int = Field(8, ge=1, description="RK4 steps of the validation likelihood")
-    resume_from: Path | None = None
-    work_dir: Path | None = None
-    progress: bool = True
 
 
 class FlowTrainConfig(TrainingConfigBase):
