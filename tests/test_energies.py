@@ -267,10 +267,13 @@ def test_exception_replaces_normal_pair():
 
 
 def test_gradcheck_toy_and_adp(adp):
+    """The closed-form gradients against finite differences: total, and each term on its own."""
     system, pos = toy_system()
     model = TorchForceField.from_system(system, dtype=torch.float64)
     x = torch.tensor(pos[None] + np.random.default_rng(0).normal(0, 0.005, (2, 5, 3)), requires_grad=True)
     assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-5, rtol=1e-5)
+    per_term = lambda p: torch.stack(list(model.terms(p).values()), -1)  # noqa: E731
+    assert torch.autograd.gradcheck(per_term, (x,), eps=1e-6, atol=1e-5, rtol=1e-5)
     model = TorchForceField.from_system(adp.system, dtype=torch.float64)
     x = torch.tensor(adp.frames[:1], requires_grad=True)
     assert torch.autograd.gradcheck(model, (x,), eps=1e-6, atol=1e-4, rtol=1e-5)
@@ -303,12 +306,28 @@ def test_degenerate_geometries_keep_gradients_finite():
     exp = openmm_reference(system, collinear[None])
     # the angle term at exactly pi matches OpenMM; the torsion is undefined there (both finite)
     np.testing.assert_allclose(t["angle"].detach().numpy(), exp["groups"]["HarmonicAngleForce"], rtol=1e-9)
-    from finegrain.platform.energies.terms import bond_energy
+    from finegrain.platform.energies.terms import bond_terms
 
-    p = torch.zeros(1, 2, 3, dtype=torch.float64, requires_grad=True)
-    e = bond_energy(p, torch.tensor([[0, 1]]), torch.tensor([0.1], dtype=torch.float64), torch.tensor([1e5]))
-    (g,) = torch.autograd.grad(e.sum(), p)
-    assert e.item() == pytest.approx(0.5 * 1e5 * 0.01) and torch.isfinite(g).all()
+    atom = (torch.zeros(1, 1, dtype=torch.float64),) * 3  # both atoms of the bond at the origin
+    e, grads = bond_terms(atom, atom, torch.tensor([0.1], dtype=torch.float64), torch.tensor([1e5], dtype=torch.float64))
+    assert e.item() == pytest.approx(0.5 * 1e5 * 0.01)
+    assert all(torch.isfinite(c).all() for g in grads for c in g)
+
+
+def test_compiled_path_matches_openmm(adp):
+    """compile=True (torch.compile of the same closed forms) reproduces OpenMM in float64."""
+    model = TorchForceField.from_system(adp.system, dtype=torch.float64, compile=True)
+    x = torch.tensor(adp.frames, requires_grad=True)
+    u = model(x)
+    (g,) = torch.autograd.grad(u.sum(), x)
+    exp = adp.expected
+    np.testing.assert_allclose(u.detach().numpy(), exp["total"], rtol=F64_ENERGY_REL, atol=F64_ENERGY_ABS)
+    assert np.abs(-g.numpy() - exp["forces"]).max() <= F64_FORCE_ABS
+    with torch.no_grad():  # the energy-only graph
+        terms = {k: v.numpy() for k, v in model.terms(x).items()}
+    for force_name, keys in GROUP_TERMS.items():
+        ref = exp["groups"][force_name]
+        assert np.all(np.abs(sum(terms[k] for k in keys) - ref) <= np.maximum(F64_ENERGY_ABS, F64_ENERGY_REL * np.abs(ref)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -212,12 +212,15 @@ class TrainWorker:
         import ray.train
         import torch
 
+        from finegrain.platform.cpu_memory import retain_freed_memory
+
         self.c = config
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.n_atoms, self.n_beads = int(config["n_atoms"]), int(config["n_beads"])
         if config.get("cpus_per_worker"):
             torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+        retain_freed_memory()  # batched CPU tensors reuse freed memory instead of page-faulting fresh maps
         self.device = torch.device("cpu")
         if config.get("use_gpu") and torch.cuda.is_available():
             self.device = ray.train.torch.get_device()

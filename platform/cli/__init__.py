@@ -38,6 +38,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2 (no traceback)."""
+    from finegrain.platform.cpu_memory import retain_freed_memory
+
+    retain_freed_memory()  # batched CPU tensors reuse freed memory instead of page-faulting fresh maps
     try:
         app()
     except _user_errors() as exc:

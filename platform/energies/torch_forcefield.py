@@ -3,16 +3,22 @@
 :class:`TorchForceField` evaluates HarmonicBondForce, HarmonicAngleForce,
 PeriodicTorsionForce, NonbondedForce (NoCutoff) and GBSAOBCForce (OBC II) for
 frames ``[B, N, 3]`` (nm) in torch, on CPU or GPU, in float32 or float64;
-energies in kJ/mol, forces by autograd.  It imports no OpenMM unless built
-with :meth:`TorchForceField.from_system`; :meth:`from_parameters` loads a
-``.npz`` written by :meth:`save_parameters` on machines without OpenMM.
+energies in kJ/mol.  It imports no OpenMM unless built with
+:meth:`TorchForceField.from_system`; :meth:`from_parameters` loads a ``.npz``
+written by :meth:`save_parameters` on machines without OpenMM.
 
-Pair terms run over an explicit list of all pairs i < j (no cutoff; for
-N = 138 that is ~9.5k pairs), the nonbonded interacting pairs first so the
-Lennard-Jones/Coulomb sums take a slice; exclusions and exceptions are folded
-into the per-pair parameters.  Autograd keeps a few tens of ``[B, P]``
-tensors, so evaluate thousands of frames of a large system in chunks
-(:meth:`TorchForceField.energies_and_forces` does).
+Forces come from closed-form gradients (:mod:`.terms`, :mod:`.pairs`), not
+from taping the energy expression: the forward pass computes each term's
+energy and dE/dx together, and a custom autograd function hands dE/dx back,
+so ``torch.autograd.grad(U.sum(), x)`` costs one matrix product instead of a
+backward pass through a few hundred operations (and keeps no per-pair tensors
+alive).  Second derivatives are not available (``once_differentiable``).
+Pair terms run over dense ``[B, N, N]`` matrices (no cutoff); for thousands of
+frames of a large system use :meth:`TorchForceField.energies_and_forces`,
+which evaluates in chunks.  ``compile=True`` runs the evaluation through
+``torch.compile`` (one fused kernel set per batch shape; about 10-30 s to
+compile on two CPU cores, then several times faster: see
+``tests/benchmarks/test_bench_energies.py``).
 
 Training safety (``u_max``): paper 001 (section 2.3, Table 1: U_max = 1e5
 kJ/mol for chignolin, none for ADP) clamps the reconstructed energy,
@@ -21,8 +27,8 @@ the cap, and overlapping atoms still produce inf/NaN gradients *inside* the
 sum (``r^-12`` overflows, ``0 * inf``).  With ``u_max`` set this module
 therefore (1) smoothly floors every nonbonded/GB pair distance below
 ``r_min`` (default 0.01 nm, far below any physical contact, so normal frames
-are unchanged; see :func:`~finegrain.platform.energies.terms.pair_geometry`) and
-(2) caps the total with :func:`~finegrain.platform.energies.terms.soft_cap`:
+are unchanged; see :func:`~finegrain.platform.energies.pairs.pair_energies`)
+and (2) caps the total with :func:`~finegrain.platform.energies.terms.soft_cap`:
 ``cap="log"`` (default) is the identity below ``u_max`` and
 ``u_max + log(1 + U - u_max)`` above (finite, non-zero, bounded gradients);
 ``cap="clamp"`` is the paper's hard ``min(U, u_max)``.  ``u_max=None``
@@ -45,23 +51,23 @@ from finegrain.platform.energies.parameters import (
     save_parameters,
     validate_parameters,
 )
-from finegrain.platform.energies.terms import (
-    ONE_4PI_EPS0,
-    angle_energy,
-    bond_energy,
-    nonbonded_energy,
-    obc_energy,
-    obc_prefactor,
-    pair_geometry,
-    soft_cap,
-    torsion_energy,
-)
+from finegrain.platform.energies.pairs import pair_energies, pair_tables
+from finegrain.platform.energies.terms import angle_terms, bond_terms, soft_cap, torsion_terms
 
-__all__ = ["TorchForceField", "TERM_NAMES", "pair_list"]
+__all__ = ["TorchForceField", "TERM_NAMES"]
 
 #: Keys of :meth:`TorchForceField.terms` (plus "other" for fallback forces).
 TERM_NAMES = ("bond", "angle", "torsion", "lj", "coulomb", "solvation")
+#: Bonded terms: (name, atoms per term, function, parameter buffers).
+_BONDED = (
+    ("bond", 2, bond_terms, ("bond_length", "bond_k")),
+    ("angle", 3, angle_terms, ("angle_theta0", "angle_k")),
+    ("torsion", 4, torsion_terms, ("torsion_periodicity", "torsion_phase", "torsion_k")),
+)
 
+#: Inductor options for compile=True: store every intermediate that is read twice instead of
+#: recomputing it in each consumer (about 1.7x faster on CPU for the dense pair terms).
+_COMPILE_OPTIONS = {"realize_reads_threshold": 1}
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32, torch.float64: torch.float64}
 
 
@@ -72,43 +78,24 @@ def _as_dtype(dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
-def pair_list(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The atom pairs i < j the pair terms run over, with per-pair nonbonded parameters.
+class _Energies(torch.autograd.Function):
+    """Energies of evaluate(pos) whose backward is the closed-form dE/dx.
 
-    Pairs with a non-zero nonbonded interaction come first (``n_nb`` of them,
-    so the nonbonded terms take a slice, not a gather); the rest (excluded
-    pairs) follow only if a GBSAOBCForce needs all pairs.  Nonbonded
-    parameters: Lorentz-Berthelot combination of the particle parameters,
-    exception pairs replaced by their own (chargeProd, sigma, epsilon).
-    Returns {"pair_i", "pair_j" [P] int64, "sig6" [n_nb] nm^6,
-    "eps4" [n_nb] kJ/mol (4 epsilon), "qq" [n_nb] kJ/mol nm (C q_i q_j)}.
+    per_term: the output is [B, 6] (TERM_NAMES order), else the total [B].
     """
-    n = int(p["n_atoms"])
-    i, j = np.triu_indices(n, k=1)
-    if int(p["nb_present"]):
-        q, s, e = p["nb_charge"], p["nb_sigma"], p["nb_epsilon"]
-        sig = 0.5 * (s[:, None] + s[None, :])
-        eps = np.sqrt(e[:, None] * e[None, :])
-        qq = ONE_4PI_EPS0 * q[:, None] * q[None, :]
-        if len(p["exc_idx"]):
-            a, b = p["exc_idx"].min(axis=1), p["exc_idx"].max(axis=1)
-            sig[a, b], eps[a, b] = p["exc_sigma"], p["exc_epsilon"]
-            qq[a, b] = ONE_4PI_EPS0 * p["exc_charge_prod"]
-        sig6, eps4, qq = sig[i, j] ** 6, 4.0 * eps[i, j], qq[i, j]
-        nb = (eps4 != 0) | (qq != 0)
-    else:
-        sig6 = eps4 = qq = np.zeros(len(i))
-        nb = np.zeros(len(i), dtype=bool)
-    order = np.argsort(~nb, kind="stable")  # interacting pairs first
-    keep = order if int(p["gb_present"]) else order[: int(nb.sum())]
-    n_nb = int(nb.sum())
-    return {
-        "pair_i": i[keep].astype(np.int64),
-        "pair_j": j[keep].astype(np.int64),
-        "sig6": sig6[order[:n_nb]],
-        "eps4": eps4[order[:n_nb]],
-        "qq": qq[order[:n_nb]],
-    }
+
+    @staticmethod
+    def forward(ctx, pos, evaluate, per_term: bool):
+        energies, grads = evaluate(pos, "terms" if per_term else "total")
+        ctx.save_for_backward(grads)
+        return energies if per_term else energies.sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_energies):
+        (grads,) = ctx.saved_tensors
+        weights = grad_energies.reshape(grads.shape[0], grads.shape[1])
+        return torch.einsum("bt,btnc->bnc", weights, grads), None, None
 
 
 class TorchForceField(torch.nn.Module):
@@ -122,12 +109,15 @@ class TorchForceField(torch.nn.Module):
     fallback : optional module (e.g. :class:`OpenMMEnergy` of a reduced System)
         whose energy is added as the term "other".
     system : the OpenMM System it was built from (kept as ``.system``), or None.
+    compile : evaluate through ``torch.compile`` (compiles on the first call
+        and again for a new batch size, then batch sizes are dynamic).
 
     forward(positions [B, N, 3] nm) -> energies [B] kJ/mol.
     """
 
     def __init__(self, parameters: dict, *, dtype=torch.float32, device="cpu", u_max: float | None = None,
-                 cap: str = "log", r_min: float = 0.01, fallback: torch.nn.Module | None = None, system=None):  # fmt: skip
+                 cap: str = "log", r_min: float = 0.01, fallback: torch.nn.Module | None = None, system=None,
+                 compile: bool = False):  # fmt: skip
         super().__init__()
         p = validate_parameters(parameters)
         dtype = _as_dtype(dtype)
@@ -150,26 +140,26 @@ class TorchForceField(torch.nn.Module):
             t = torch.as_tensor(np.asarray(value), dtype=torch.int64 if integer else torch.float64)
             self.register_buffer(name, t, persistent=False)
 
-        for term, k in (("bond", 2), ("angle", 3), ("torsion", 4)):
-            buf(f"{term}_idx", p[f"{term}_idx"].reshape(-1, k), integer=True)
-        buf("bond_length", p["bond_length"])
-        buf("bond_k", p["bond_k"])
-        buf("angle_theta0", p["angle_theta0"])
-        buf("angle_k", p["angle_k"])
-        buf("torsion_periodicity", p["torsion_periodicity"])
-        buf("torsion_phase", p["torsion_phase"])
-        buf("torsion_k", p["torsion_k"])
-        pairs = pair_list(p)
-        self.n_nb_pairs = len(pairs["sig6"])
-        for key in ("pair_i", "pair_j"):
-            buf(key, pairs[key], integer=True)
-        for key in ("sig6", "eps4", "qq"):
-            buf(key, pairs[key])
-        buf("gb_charge", p["gb_charge"])
-        buf("gb_radius", p["gb_radius"])
-        buf("gb_scale", p["gb_scale"])
-        self.gb_prefactor = obc_prefactor(*(float(v) for v in p["gb_dielectrics"]))
-        self.gb_sa_factor = 4.0 * math.pi * float(p["gb_surface_area_energy"])
+        for term, k, _, _ in _BONDED:
+            idx = p[f"{term}_idx"].reshape(-1, k)
+            slots = np.ascontiguousarray(idx.T).ravel()  # slot-major: atom c of every term, c = 0..k-1
+            buf(f"{term}_idx", idx, integer=True)
+            buf(f"{term}_slots", slots, integer=True)
+            # slot -> atom incidence [k M, N]: per-slot gradients [.., k M] @ incidence sum onto atoms
+            # (no atomic adds; the fastest scatter at these sizes, compiled or not)
+            buf(f"{term}_incidence", np.eye(self.n_atoms)[slots].reshape(len(slots), self.n_atoms))
+        for key in ("bond_length", "bond_k", "angle_theta0", "angle_k", "torsion_periodicity", "torsion_phase",
+                    "torsion_k"):  # fmt: skip
+            buf(key, p[key])
+        tables = pair_tables(p) if self.has_nonbonded or self.has_gb else {}
+        self.pair_keys = tuple(tables)
+        for key, value in tables.items():
+            buf(f"pair_{key}", value)
+        self.compiled = bool(compile)
+        self._bonded_fn, self._pairs_fn = self._bonded, self._pairs
+        if compile:  # two graphs: compiled together, inductor fuses them worse than apart
+            self._bonded_fn = torch.compile(self._bonded, options=_COMPILE_OPTIONS)
+            self._pairs_fn = torch.compile(self._pairs, options=_COMPILE_OPTIONS)
         self.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ builders
@@ -224,32 +214,58 @@ class TorchForceField(torch.nn.Module):
     def _prepare(self, positions) -> torch.Tensor:
         return check_positions(positions, self.n_atoms).to(device=self.device, dtype=self.dtype)
 
-    def _terms(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
-        zero = pos.new_zeros(pos.shape[0])
-        out = {name: zero for name in TERM_NAMES}
-        if len(self.bond_k):
-            out["bond"] = bond_energy(pos, self.bond_idx, self.bond_length, self.bond_k).sum(-1)
-        if len(self.angle_k):
-            out["angle"] = angle_energy(pos, self.angle_idx, self.angle_theta0, self.angle_k).sum(-1)
-        if len(self.torsion_k):
-            out["torsion"] = torsion_energy(
-                pos, self.torsion_idx, self.torsion_periodicity, self.torsion_phase, self.torsion_k
-            ).sum(-1)
-        if len(self.pair_i):
-            r_min = self.r_min if self.u_max is not None else None
-            r2, r, inv_r = pair_geometry(pos, self.pair_i, self.pair_j, r_min)
-            if self.n_nb_pairs:
-                k = self.n_nb_pairs
-                out["lj"], out["coulomb"] = nonbonded_energy(inv_r[:, :k], self.sig6, self.eps4, self.qq)
-            if self.has_gb:
-                polar, nonpolar = obc_energy(
-                    r2, r, inv_r, self.pair_i, self.pair_j, self.gb_charge, self.gb_radius, self.gb_scale,
-                    self.gb_prefactor, self.gb_sa_factor,
-                )  # fmt: skip
-                out["solvation"] = polar + nonpolar
-        if self.fallback is not None:
-            out["other"] = self.fallback(pos).to(device=self.device, dtype=self.dtype)
-        return out
+    def _bonded(self, pos: torch.Tensor, grad: str | None):
+        """Bond, angle, torsion energies [B, 3] and their gradients [B, 3 or 1, N, 3] (or None)."""
+        pos_t = pos.transpose(1, 2)  # [B, 3, N]: one gather per term fetches all components
+        energies, grads = [], []
+        for term, k, fn, names in _BONDED:
+            slots = getattr(self, f"{term}_slots")
+            if not len(slots):
+                energies.append(pos.new_zeros(pos.shape[0]))
+                grads.append(torch.zeros_like(pos_t))
+                continue
+            atoms = [tuple(c.unbind(1)) for c in pos_t.index_select(2, slots).chunk(k, 2)]
+            energy, slot_grads = fn(*atoms, *(getattr(self, name) for name in names), want_grad=grad is not None)
+            energies.append(energy.sum(-1))
+            if grad is not None:
+                flat = torch.cat([torch.stack(g, 1) for g in slot_grads], 2)  # [B, 3, k M]
+                grads.append(flat @ getattr(self, f"{term}_incidence"))  # [B, 3, N]
+        energies = torch.stack(energies, -1)
+        if grad is None:
+            return energies, None
+        grads = sum(grads)[:, None] if grad == "total" else torch.stack(grads, 1)
+        return energies, grads.transpose(-1, -2)
+
+    def _pairs(self, pos: torch.Tensor, grad: str | None):
+        """Lennard-Jones, Coulomb, solvation energies [B, 3] and gradients [B, 3 or 1, N, 3] (or None)."""
+        if not self.pair_keys:
+            grads = None if grad is None else pos.new_zeros(pos.shape[0], 1 if grad == "total" else 3, *pos.shape[1:])
+            return pos.new_zeros(pos.shape[0], 3), grads
+        tables = {key: getattr(self, f"pair_{key}") for key in self.pair_keys}
+        r_min = self.r_min if self.u_max is not None else None
+        return pair_energies(pos, tables, nonbonded=self.has_nonbonded, gbsa=self.has_gb, r_min=r_min, grad=grad)
+
+    def _evaluate(self, pos: torch.Tensor, grad: str | None):
+        """(energies [B, 6] kJ/mol in TERM_NAMES order, gradients kJ/mol/nm or None).
+
+        grad: None, "terms" (dE_t/dx [B, 6, N, 3]) or "total" (dU/dx [B, 1, N, 3]).
+        """
+        bonded_e, bonded_g = self._bonded_fn(pos, grad)
+        pair_e, pair_g = self._pairs_fn(pos, grad)
+        energies = torch.cat([bonded_e, pair_e], -1)
+        if grad is None:
+            return energies, None
+        return energies, (bonded_g + pair_g if grad == "total" else torch.cat([bonded_g, pair_g], 1))
+
+    def _energies(self, pos: torch.Tensor, per_term: bool) -> torch.Tensor:
+        """Energies [B, 6] (per_term) or [B] of the torch terms (no fallback, no cap)."""
+        if torch.is_grad_enabled() and pos.requires_grad:
+            return _Energies.apply(pos, self._evaluate, per_term)
+        energies = self._evaluate(pos, None)[0]
+        return energies if per_term else energies.sum(-1)
+
+    def _other(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.fallback(pos).to(device=self.device, dtype=self.dtype)
 
     def terms(self, positions) -> dict[str, torch.Tensor]:
         """Per-term energies {bond, angle, torsion, lj, coulomb, solvation[, other]} -> [B] kJ/mol each.
@@ -258,12 +274,18 @@ class TorchForceField(torch.nn.Module):
         polar plus ACE non-polar energy; "other" is the OpenMM fallback.
         Never capped (the r_min floor applies when u_max is set).
         """
-        return self._terms(self._prepare(positions))
+        pos = self._prepare(positions)
+        out = dict(zip(TERM_NAMES, self._energies(pos, per_term=True).unbind(-1)))
+        if self.fallback is not None:
+            out["other"] = self._other(pos)
+        return out
 
     def forward(self, positions) -> torch.Tensor:
         """Total potential energy [B] kJ/mol of positions [B, N, 3] nm (capped if u_max is set)."""
-        terms = self._terms(self._prepare(positions))
-        total = torch.stack(list(terms.values()), 0).sum(0)
+        pos = self._prepare(positions)
+        total = self._energies(pos, per_term=False)
+        if self.fallback is not None:
+            total = total + self._other(pos)
         if self.u_max is not None:
             total = soft_cap(total, self.u_max, self.cap)
         return total

@@ -144,11 +144,13 @@ class _Worker(TrainWorker):
             return None
         from finegrain.platform.energies import energy_model
 
+        backend = self.c.get("energy_backend", "torch")
+        extra = {"compile": True} if backend == "torch" and self.c.get("energy_compile") else {}
         try:
             # the force field's own cap (pair-distance floor + clamp at U_max) keeps float32 finite
             # for overlapping atoms; L_ENERGY's clamp (eq. 3) is then exact
-            return energy_model(self.c["system"], backend=self.c.get("energy_backend", "torch"),
-                                device=self.device, dtype=torch.float32, u_max=self.cfg.u_max, cap="clamp")
+            return energy_model(self.c["system"], backend=backend, device=self.device, dtype=torch.float32,
+                                u_max=self.cfg.u_max, cap="clamp", **extra)
         except Exception as exc:  # unknown system, unsupported force, ...
             raise ValueError(f"training.energy: no energy model for system {self.c['system']!r} ({exc}); "
                              f"set training.energy=false to train without L_ENERGY") from exc
@@ -349,7 +351,7 @@ def train_loop_per_worker(config: dict) -> None:
     ``config`` (plain data, built by :func:`loop_config`): cvae (CVAEConfig
     dict), n_atoms, n_beads, mapping_matrix [n, N], mapping_name, system, seed,
     max_steps, log_every, eval_every, checkpoint_every, has_validation,
-    use_gpu, cpus_per_worker, energy, energy_backend, latent_prior,
+    use_gpu, cpus_per_worker, energy, energy_backend, energy_compile, latent_prior,
     gmm_max_samples, bank_size, shuffle_buffer, resume_from, local_mode,
     storage_dir, run_id, tracking_uri, progress, inject_failure_at.
     """
@@ -373,7 +375,7 @@ def loop_config(config: "TrainConfig", manifest, mapping, *, local_mode: bool, s
         "system": manifest.system, "seed": t.seed, "max_steps": cvae.max_steps, "log_every": t.log_every,
         "eval_every": t.eval_every, "checkpoint_every": t.checkpoint_every, "has_validation": has_validation,
         "use_gpu": t.use_gpu, "cpus_per_worker": t.cpus_per_worker, "energy": t.energy,
-        "energy_backend": t.energy_backend, "latent_prior": t.latent_prior, "gmm_max_samples": t.gmm_max_samples,
+        "energy_backend": t.energy_backend, "energy_compile": t.energy_compile, "latent_prior": t.latent_prior, "gmm_max_samples": t.gmm_max_samples,
         "bank_size": t.bank_size, "shuffle_buffer": config.data.shuffle_buffer,
         "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None,
         "local_mode": local_mode, "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri,

@@ -107,6 +107,8 @@ class TrainingSection(RunSection):
     max_steps: int | None = Field(None, ge=1, description="None: the preset's (Table 1) count")
     energy: bool = Field(True, description="add lambda L_ENERGY once lambda > 0 (needs an energy model of the system)")
     energy_backend: Literal["torch", "openmm"] = "torch"
+    energy_compile: bool = Field(False, description="torch backend: run U(x) through torch.compile "
+                                 "(10-30 s to compile, then several times faster on CPU)")
     latent_prior: Literal["gmm", "normal"] = Field("gmm", description="inference prior: GMM on the posterior or N(0, I)")
     gmm_max_samples: int = Field(100_000, ge=1, description="posterior means used to fit the GMM")
     bank_size: int = Field(1024, ge=1, description="training (CG(t), AA(t-1)) pairs kept to seed inference")
