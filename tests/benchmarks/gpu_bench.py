@@ -20,7 +20,8 @@ Measured, each with a baseline taken in the same run:
 
 * energies: ``TorchForceField`` U + F (forward + autograd.grad) frames/s for
   B = 1 .. 8192 (65536 for ADP), float32/float64, on the GPU and on the
-  machine's CPU (all threads); U-only (no_grad) on the GPU; peak GPU memory;
+  machine's CPU (all threads); float32 with ``compile=True``; U-only
+  (no_grad) on the GPU; peak GPU memory;
   GPU vs CPU float64 and vs OpenMM reference energies/forces;
 * cVAE (Table 1 ADP model): one full training step (prepare_triplet centre +
   rotation, forward, eq. 3 via step_loss with L_ENERGY off, backward, Adam)
@@ -232,6 +233,26 @@ def bench_energies(args, device, rows: list, checks: list, log) -> None:
                         torch.cuda.empty_cache()
                     log(f"  {name} B={batch} {str(dt)[6:]} {dev.type}: U+F {row.get('fps', float('nan')):.0f} frames/s, "
                         f"{row.get('ms', float('nan')):.3f} ms/call, peak {row.get('peak_mib', float('nan')):.0f} MiB")
+            if args.compile:  # float32 through torch.compile (triton on CUDA); compile time excluded
+                row = dict(section="energies", system=name, B=batch, dtype="float32", device=device.type,
+                           method="U+F compiled")
+                try:
+                    if (name, "compiled") not in models:
+                        models[(name, "compiled")] = TorchForceField(params, dtype=torch.float32, device=device,
+                                                                     compile=True)
+                    x = torch.tensor(frames, dtype=torch.float32, device=device)
+                    t_first = time.perf_counter()
+                    _energy_step(models[(name, "compiled")], x)()
+                    _sync(device)
+                    first = time.perf_counter() - t_first
+                    best, med, reps = timeit(_energy_step(models[(name, "compiled")], x), device,
+                                             min_time=args.min_time, max_time=4 * args.min_time + 2)
+                    row.update(fps=batch / best, fps_median=batch / med, ms=best * 1e3, reps=reps, first_call_s=first)
+                except Exception as exc:  # no triton, OOM, ...: record it, keep benchmarking
+                    row.update(fps=float("nan"), error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                rows.append(row)
+                log(f"  {name} B={batch} float32 {device.type} compiled: U+F {row['fps']:.0f} frames/s"
+                    + (f" ({row['error']})" if "error" in row else ""))
             if device.type == "cuda" and batch in (1, 1024):
                 x = torch.tensor(frames, dtype=torch.float32, device=device)
                 st = _kernel_stats(_energy_step(models[(device.type, torch.float32)], x), device)
@@ -468,7 +489,7 @@ def report(rows, checks, meta, log) -> None:
     en = [r for r in rows if r["section"] == "energies"]
     if en:
         log("\n==== energies: U + F (forward + autograd.grad) frames/s (best; median); x = vs same-run baseline")
-        log(f"{'system':10s}{'B':>7s} {'dtype':8s}{'method':8s}{'dev':6s}{'frames/s':>12s}{'median':>12s}"
+        log(f"{'system':10s}{'B':>7s} {'dtype':8s}{'method':14s}{'dev':6s}{'frames/s':>12s}{'median':>12s}"
             f"{'ms/call':>10s}{'peak MiB':>10s}{'x CPU':>8s}{'x B=1':>9s}")
         for r in en:
             cpu = next((c for c in en if c["device"] == "cpu" and c["system"] == r["system"] and c["B"] == r["B"]
@@ -477,7 +498,7 @@ def report(rows, checks, meta, log) -> None:
                        and c["dtype"] == r["dtype"] and c["method"] == r["method"]), None)
             x_cpu = r["fps"] / cpu["fps"] if cpu and r["device"] != "cpu" and r["method"] == "U+F" else None
             x_b1 = r["fps"] / b1["fps"] if b1 else None
-            log(f"{r['system']:10s}{r['B']:>7d} {r['dtype']:8s}{r['method']:8s}{r['device']:6s}{_fmt(r.get('fps')):>12s}"
+            log(f"{r['system']:10s}{r['B']:>7d} {r['dtype']:8s}{r['method']:14s}{r['device']:6s}{_fmt(r.get('fps')):>12s}"
                 f"{_fmt(r.get('fps_median')):>12s}{_fmt(r.get('ms'), '.3f'):>10s}{_fmt(r.get('peak_mib')):>10s}"
                 f"{_fmt(x_cpu, '.1f'):>8s}{_fmt(x_b1, '.1f'):>9s}{'  ' + r['error'] if 'error' in r else ''}")
         for r in rows:
@@ -525,6 +546,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-time", type=float, default=0.5)
     ap.add_argument("--skip", nargs="*", default=[], choices=["energies", "cvae"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test on a CPU)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the energies with TorchForceField(compile=True)")
     ap.add_argument("--json", default=None, help="write all rows and checks here")
     ap.add_argument("--prepare", metavar="FOLDER", default=None,
                     help="only write the input files into FOLDER (needs OpenMM and mdtraj), then exit")
