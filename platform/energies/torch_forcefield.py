@@ -16,9 +16,12 @@ alive).  Second derivatives are not available (``once_differentiable``).
 Pair terms run over dense ``[B, N, N]`` matrices (no cutoff); for thousands of
 frames of a large system use :meth:`TorchForceField.energies_and_forces`,
 which evaluates in chunks.  ``compile=True`` runs the evaluation through
-``torch.compile`` (one fused kernel set per batch shape; about 10-30 s to
-compile on two CPU cores, then several times faster: see
-``tests/benchmarks/test_bench_energies.py``).
+``torch.compile`` (about 10-30 s to compile on two CPU cores, then 2-3x
+faster on a CPU thread: see ``tests/benchmarks/test_bench_energies.py``).
+Bonded gradients reach the atoms through a dense slot-to-atom incidence
+matrix ([terms x atoms per term, N]), which, like the [B, N, N] pair
+matrices, suits the small systems backmapping works with (N up to a few
+hundred atoms).
 
 Training safety (``u_max``): paper 001 (section 2.3, Table 1: U_max = 1e5
 kJ/mol for chignolin, none for ADP) clamps the reconstructed energy,
@@ -313,5 +316,6 @@ class TorchForceField(torch.nn.Module):
         n = {k: len(getattr(self, f"{k}_k")) for k in ("bond", "angle", "torsion")}
         return (
             f"n_atoms={self.n_atoms}, bonds={n['bond']}, angles={n['angle']}, torsions={n['torsion']}, "
-            f"nonbonded={self.has_nonbonded}, gbsa={self.has_gb}, u_max={self.u_max}, dtype={self.dtype}"
+            f"nonbonded={self.has_nonbonded}, gbsa={self.has_gb}, u_max={self.u_max}, dtype={self.dtype}, "
+            f"compiled={self.compiled}"
         )
