@@ -198,6 +198,13 @@ def report_step(step: int, metrics: dict[str, float], logger, loop_config: dict,
         ray.train.report(metrics, checkpoint=ck, checkpoint_dir_name=name)
 
 
+def worker_seed(*parts: int) -> int:
+    """A 32-bit seed that is a function of integers (seed, rank, step, epoch, ...)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
 class TrainWorker:
     """What every family's Ray Train worker shares: rank and world size, CPU threads, device,
     the step/epoch counters, restoring from a checkpoint, and reporting (MLflow on rank 0).
@@ -262,6 +269,65 @@ class TrainWorker:
     def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
         report_step(self.step, metrics, self.logger, self.c, self.rank, save_checkpoint)
+
+    def train(self, max_steps: int, batch_size: int, desc: str, *, checkpoint_last: bool) -> None:
+        """Epochs over the "train" shard until ``max_steps``: the loop every family shares.
+
+        Per batch it calls the family's ``_train_step(batch) -> {name: value}``; every
+        ``log_every`` / ``eval_every`` / ``checkpoint_every`` steps (and at the last step) it
+        reports ``_step_metrics(means, step_used)`` plus lr, epoch and samples/s, adds
+        ``_validate()`` on eval steps, calls ``_report(metrics, checkpoint, final)`` and, after a
+        checkpoint, ``_reseed()`` (the random stream after a checkpoint is what a resumed run
+        draws). ``checkpoint_last``: also checkpoint at the last step (families that write their
+        final checkpoint themselves pass False). The family sets ``self.opt``.
+        """
+        import ray.train
+        import torch
+
+        c = self.c
+        shard = ray.train.get_dataset_shard("train")
+        acc: dict[str, float] = {}
+        n_acc, t_busy = 0, 0.0
+        bar = self.progress(max_steps, desc)
+        while self.step < max_steps:
+            n_batches, t0 = 0, time.perf_counter()
+            for batch in shard.iter_torch_batches(
+                    batch_size=batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
+                    local_shuffle_buffer_size=c.get("shuffle_buffer") or None,
+                    local_shuffle_seed=worker_seed(c["seed"], self.rank, self.epoch)):
+                n_batches += 1
+                used = self.step
+                for k, v in self._train_step(batch).items():
+                    acc[k] = acc.get(k, 0.0) + v
+                self.step += 1
+                n_acc += 1
+                t_busy += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                last = self.step == max_steps
+                log_now = self.step % c["log_every"] == 0 or last
+                eval_now = c.get("has_validation") and (self.step % c["eval_every"] == 0 or last)
+                ckpt_now = (last and checkpoint_last) or (self.step % c["checkpoint_every"] == 0 and not last)
+                if log_now or eval_now or ckpt_now:
+                    metrics = self._step_metrics({k: v / n_acc for k, v in acc.items()}, used)
+                    metrics.update({"lr": self.opt.param_groups[0]["lr"], "epoch": float(self.epoch),
+                                    "samples_per_s": n_acc * batch_size * self.world / max(t_busy, 1e-9)})
+                    if eval_now:
+                        metrics.update(self._validate())
+                    self._report(metrics, checkpoint=ckpt_now, final=last)
+                    if ckpt_now:
+                        self._reseed()
+                    acc, n_acc, t_busy = {}, 0, 0.0
+                if self.step >= max_steps:
+                    break
+                t0 = time.perf_counter()
+            if n_batches == 0:
+                raise ValueError(f"data: the training split gives no full batch of {batch_size} pairs per "
+                                 f"worker ({self.world} workers); use more data or a smaller model.batch_size")
+            if self.step < max_steps:
+                self.epoch += 1
+        if bar is not None:
+            bar.close()
 
     def progress(self, total: int, desc: str):
         """Rank 0's progress bar from the current step (tqdm in-process, Ray's tqdm in a worker group)."""

@@ -28,7 +28,6 @@ AA(t-1)) pairs for seeding inference.  Only rank 0 logs to MLflow.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotati
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
-from finegrain.trainables.ray_run import FitResult, TrainWorker
+from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
 
 if TYPE_CHECKING:
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
@@ -51,10 +50,6 @@ __all__ = ["fit", "fit_detailed", "FitResult", "loop_config", "train_loop_per_wo
 
 CKPT_MODEL, CKPT_OPTIM, CKPT_META, CKPT_GMM, CKPT_BANK = "model.pt", "optimizer.pt", "state.json", "gmm.pt", "bank.pt"
 TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -128,7 +123,7 @@ class _Worker(TrainWorker):
 
         super().__init__(config)
         self.cfg = CVAEConfig.from_dict(config["cvae"])
-        torch.manual_seed(_seed(config["seed"], 0))  # identical initial weights on every rank
+        torch.manual_seed(worker_seed(config["seed"], 0))  # identical initial weights on every rank
         self.raw = CVAE(self.cfg, self.n_atoms, self.n_beads).to(self.device)
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=self.cfg.learning_rate)
         self.mapping = torch.tensor(config["mapping_matrix"], dtype=torch.float32, device=self.device)
@@ -157,7 +152,7 @@ class _Worker(TrainWorker):
 
     def _reseed(self) -> None:
         """Generators for rotations (CPU) and eps (device), a function of (seed, rank, step)."""
-        s = _seed(self.c["seed"], self.rank, self.step)
+        s = worker_seed(self.c["seed"], self.rank, self.step)
         self.gen = torch.Generator().manual_seed(s)
         self.gen_dev = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(s + 1)
 
@@ -171,6 +166,7 @@ class _Worker(TrainWorker):
         return step_loss(module, aa_prev, cg, aa, step, self.mapping, energy_fn=self.energy_fn, generator=generator)
 
     def _train_step(self, batch: dict) -> dict[str, float]:
+        self._maybe_inject_failure()
         self.model.train()
         aa_prev, cg, aa = self._triplet(batch, rotate=True)
         loss, terms = self._loss(self.model, aa_prev, cg, aa, self.step, self.gen_dev)
@@ -193,8 +189,8 @@ class _Worker(TrainWorker):
         import ray.train
 
         self.raw.eval()
-        gen = torch.Generator().manual_seed(_seed(self.c["seed"], 7, self.rank))
-        gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(_seed(self.c["seed"], 7))
+        gen = torch.Generator().manual_seed(worker_seed(self.c["seed"], 7, self.rank))
+        gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], 7))
         sums = torch.zeros(len(TERMS) + 1, dtype=torch.float64)
         shard = ray.train.get_dataset_shard("validation")
         for batch in shard.iter_torch_batches(batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device):
@@ -275,58 +271,15 @@ class _Worker(TrainWorker):
         self.report(metrics, save if checkpoint else None)
 
     # -- main loop ------------------------------------------------------------------------
-    def run(self) -> None:
-        import ray.train
+    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+        metrics = {f"train_{k}" if k in TERMS else k: v for k, v in means.items() if k not in ("lambda", "beta")}
+        metrics.update({"lambda": self.cfg.lambda_at(used), "beta": self.cfg.beta_at(used)})
+        return metrics
 
-        c, cfg = self.c, self.cfg
-        max_steps = int(c["max_steps"])
-        bar = self.progress(max_steps, "train cVAE")
-        shard = ray.train.get_dataset_shard("train")
-        acc: dict[str, float] = {}
-        n_acc, t_busy = 0, 0.0
-        while self.step < max_steps:
-            n_batches = 0
-            t0 = time.perf_counter()
-            for batch in shard.iter_torch_batches(
-                    batch_size=cfg.batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
-                    local_shuffle_buffer_size=c.get("shuffle_buffer") or None,
-                    local_shuffle_seed=_seed(c["seed"], self.rank, self.epoch)):
-                n_batches += 1
-                self._maybe_inject_failure()
-                used = self.step
-                terms = self._train_step(batch)
-                self.step += 1
-                t_busy += time.perf_counter() - t0
-                for k, v in terms.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                n_acc += 1
-                if bar is not None:
-                    bar.update(1)
-                log_now = self.step % c["log_every"] == 0 or self.step == max_steps
-                eval_now = c.get("has_validation") and (self.step % c["eval_every"] == 0 or self.step == max_steps)
-                ckpt_now = self.step % c["checkpoint_every"] == 0 and self.step < max_steps
-                if log_now or eval_now or ckpt_now:
-                    metrics = {f"train_{k}" if k in TERMS else k: v / n_acc for k, v in acc.items()
-                               if k not in ("lambda", "beta")}
-                    metrics.update({"lambda": cfg.lambda_at(used), "beta": cfg.beta_at(used),
-                                    "lr": self.opt.param_groups[0]["lr"], "epoch": float(self.epoch),
-                                    "samples_per_s": n_acc * cfg.batch_size * self.world / max(t_busy, 1e-9)})
-                    if eval_now:
-                        metrics.update(self._validate())
-                    self._report(metrics, checkpoint=ckpt_now)
-                    if ckpt_now:
-                        self._reseed()  # the RNG stream after a checkpoint is what a resumed run draws
-                    acc, n_acc, t_busy = {}, 0, 0.0
-                if self.step >= max_steps:
-                    break
-                t0 = time.perf_counter()
-            if n_batches == 0:
-                raise ValueError(f"data: the training split gives no full batch of {cfg.batch_size} pairs per "
-                                 f"worker ({self.world} workers); use more data or a smaller model.batch_size")
-            if self.step < max_steps:
-                self.epoch += 1
-        if bar is not None:
-            bar.close()
+    def run(self) -> None:
+        cfg = self.cfg
+        # the final checkpoint (with the latent GMM and seed bank) is written below
+        self.train(int(self.c["max_steps"]), cfg.batch_size, "train cVAE", checkpoint_last=False)
         gmm, bank = self._posterior_and_bank()
         final = {"lambda": cfg.lambda_at(max(self.step - 1, 0)), "beta": cfg.beta_at(max(self.step - 1, 0))}
         if gmm is not None:

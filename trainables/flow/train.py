@@ -22,7 +22,6 @@ per frame, nats on the fibre measure in nm, on ``val_nll_frames`` frames;
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from finegrain.platform.shards import unflatten_pair_batch
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.ray_run import FitResult, TrainWorker
+from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
 
 if TYPE_CHECKING:
     from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -42,10 +41,6 @@ __all__ = ["fit", "fit_detailed", "FitResult", "train_loop_per_worker", "loop_co
            "load_checkpoint_state"]
 
 CKPT_MODEL, CKPT_OPTIM, CKPT_META = "model.pt", "optimizer.pt", "state.json"
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 def save_checkpoint_dir(folder: str | Path, model: torch.nn.Module, optimizer, meta: dict[str, Any]) -> Path:
@@ -82,7 +77,7 @@ class _Worker(TrainWorker):
         super().__init__(config)
         c = config
         self.cfg = FlowConfig.from_dict(c["flow"])
-        torch.manual_seed(_seed(c["seed"], 0))
+        torch.manual_seed(worker_seed(c["seed"], 0))
         self.raw = ConditionalFlow(self.cfg, np.asarray(c["mapping_matrix"]), np.asarray(c["assignment"]))
         self.raw.to(self.device)
         self.opt = make_optimizer(self.raw)
@@ -93,13 +88,13 @@ class _Worker(TrainWorker):
     def _reseed(self) -> None:
         """The noise generator as a function of (seed, rank, step): after a checkpoint, a resumed run draws
         what the uninterrupted one draws."""
-        self.gen = torch.Generator(self.device).manual_seed(_seed(self.c["seed"], self.rank, self.step))
+        self.gen = torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], self.rank, self.step))
 
     def _pairs(self, batch: dict):
         prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
         return (prev if self.cfg.temporal else None), cg, aa
 
-    def _train_step(self, batch: dict) -> float:
+    def _train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.learning_rate * lr_factor(self.step, int(self.c["max_steps"]))
@@ -109,13 +104,13 @@ class _Worker(TrainWorker):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 10.0)
         self.opt.step()
-        return float(loss.detach())
+        return {"train_total": float(loss.detach())}
 
     def _validate(self) -> dict[str, float]:
         import ray.train
 
         self.raw.eval()
-        gen = torch.Generator(self.device).manual_seed(_seed(self.c["seed"], 7, self.rank))
+        gen = torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], 7, self.rank))
         sums = torch.zeros(4, dtype=torch.float64)  # loss * B, B, sum nll, n nll
         want = -(-int(self.c["val_nll_frames"]) // self.world)
         for batch in ray.train.get_dataset_shard("validation").iter_torch_batches(
@@ -149,51 +144,11 @@ class _Worker(TrainWorker):
 
         self.report(metrics, save if checkpoint else None)
 
-    def run(self) -> None:
-        import ray.train
+    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+        return dict(means)
 
-        c = self.c
-        max_steps = int(c["max_steps"])
-        shard = ray.train.get_dataset_shard("train")
-        acc, n_acc, t_busy = 0.0, 0, 0.0
-        bar = self.progress(max_steps, "train flow")
-        while self.step < max_steps:
-            n_batches = 0
-            t0 = time.perf_counter()
-            for batch in shard.iter_torch_batches(
-                    batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
-                    local_shuffle_buffer_size=c.get("shuffle_buffer") or None,
-                    local_shuffle_seed=_seed(c["seed"], self.rank, self.epoch)):
-                n_batches += 1
-                acc += self._train_step(batch)
-                self.step += 1
-                n_acc += 1
-                t_busy += time.perf_counter() - t0
-                if bar is not None:
-                    bar.update(1)
-                log_now = self.step % c["log_every"] == 0 or self.step == max_steps
-                eval_now = c["has_validation"] and (self.step % c["eval_every"] == 0 or self.step == max_steps)
-                ckpt_now = self.step % c["checkpoint_every"] == 0 or self.step == max_steps
-                if log_now or eval_now or ckpt_now:
-                    metrics = {"train_total": acc / n_acc, "lr": self.opt.param_groups[0]["lr"],
-                               "epoch": float(self.epoch),
-                               "samples_per_s": n_acc * self.cfg.batch_size * self.world / max(t_busy, 1e-9)}
-                    if eval_now:
-                        metrics.update(self._validate())
-                    self._report(metrics, checkpoint=ckpt_now, final=self.step == max_steps)
-                    if ckpt_now:
-                        self._reseed()
-                    acc, n_acc, t_busy = 0.0, 0, 0.0
-                if self.step >= max_steps:
-                    break
-                t0 = time.perf_counter()
-            if n_batches == 0:
-                raise ValueError(f"data: the training split gives no full batch of {self.cfg.batch_size} pairs per "
-                                 f"worker ({self.world} workers); use more data or a smaller model.batch_size")
-            if self.step < max_steps:
-                self.epoch += 1
-        if bar is not None:
-            bar.close()
+    def run(self) -> None:
+        self.train(int(self.c["max_steps"]), self.cfg.batch_size, "train flow", checkpoint_last=True)
 
 
 def train_loop_per_worker(config: dict) -> None:
