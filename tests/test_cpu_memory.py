@@ -22,6 +22,7 @@ _PROBE = textwrap.dedent(
     n, g = 22, torch.Generator().manual_seed(0)
     tables = {k: torch.rand(n, n, generator=g) * (1 - torch.eye(n)) for k in ("sig6", "eps4", "qq", "qgb")}
     tables.update({k: 0.1 + 0.1 * torch.rand(n, generator=g) for k in ("rho", "s", "radius", "self_gb", "ace")})
+    tables["eye"] = torch.eye(n)
     pos = torch.rand(1024, n, 3, generator=g)
 
     def faults():

@@ -4,7 +4,11 @@ Every pair quantity is a dense, symmetric ``[B, N, N]`` matrix over all atom
 pairs of B frames: no index lists, so each term is a handful of elementwise
 operations and row sums that vectorise (and fuse under ``torch.compile``).
 The gradient of a pair energy ``E = sum_{i<j} e(r_ij)`` is assembled from the
-pair weights ``G_ij = e'(r_ij) / r_ij`` as ``dE/dx_i = sum_j G_ij (x_i - x_j)``.
+pair weights ``G_ij = e'(r_ij) / r_ij`` as ``dE/dx_i = sum_j G_ij (x_i - x_j)``
+(row sums).  The Born-radius chain rule gives ordered-pair weights ``A_ij``
+(from ``dE/dB_i dB_i/dI_ij``) that act on both atoms; their share
+``sum_j A_ji (x_i - x_j)`` is taken as a column sum, never by transposing a
+``[B, N, N]`` matrix (a transposed read costs inductor a third of the kernel).
 
 Functional forms (OpenMM Reference platform):
 
@@ -49,8 +53,8 @@ PAIR_TERMS = ("lj", "coulomb", "solvation")
 def pair_tables(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Dense per-pair and per-atom parameters of a parameter set (see parameters.py), float64.
 
-    Returns {"sig6", "eps4", "qq" [N, N] (nm^6, kJ/mol, kJ/mol nm; exceptions
-    substituted, zero on the diagonal), "rho", "s", "radius" [N] nm,
+    Returns {"eye" [N, N] identity, "sig6", "eps4", "qq" [N, N] (nm^6, kJ/mol,
+    kJ/mol nm; exceptions substituted, zero on the diagonal), "rho", "s", "radius" [N] nm,
     "qgb" [N, N] P q_i q_j off the diagonal, "self_gb" [N] P q_i^2 / 2,
     "ace" [N] 4 pi gamma_SA (radius + 0.14)^2 (kJ/mol)}.  Both symmetric
     entries of an exception pair are replaced.
@@ -67,6 +71,7 @@ def pair_tables(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     prefactor = obc_prefactor(*(float(v) for v in p["gb_dielectrics"]))
     rho = p["gb_radius"] - OBC_OFFSET
     return {
+        "eye": np.eye(n),  # a table, not torch.eye in the graph: inductor vectorises the distance loop then
         "sig6": off * sig**6,
         "eps4": off * 4.0 * eps,
         "qq": off * qq,
@@ -79,16 +84,15 @@ def pair_tables(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _born_radii(r, inv_r, inv_r2, rho, s, radius, want_grad: bool):
-    """OBC II Born radii [B, N] (nm) from pair distances r [B, N, N] (diagonal ignored).
+def _born_radii(r, inv_r, inv_r2, off, rho, s, radius, want_grad: bool):
+    """OBC II Born radii [B, N] (nm) from pair distances r [B, N, N] (off [N, N]: 0 on the ignored diagonal).
 
     With want_grad also returns (dB/dpsi * rho/2 [B, N], dI_ij/dr [B, N, N]),
     the factors that carry dE/dB_i back to the pair distances.
     """
     alpha, beta, gamma = OBC_ALPHA_BETA_GAMMA
     rho_i, s_j = rho[:, None], s[None, :]
-    eye = torch.eye(r.shape[-1], dtype=torch.bool, device=r.device)
-    active = ((rho_i < r + s_j) & ~eye).to(r.dtype)
+    active = (rho_i < r + s_j).to(r.dtype) * off
     inside = (rho_i < s_j - r).to(r.dtype)
     u = torch.reciprocal(r + s_j)
     r_s = r - s_j
@@ -134,10 +138,9 @@ def pair_energies(pos: torch.Tensor, tables: dict[str, torch.Tensor], *, nonbond
     [B, T, N, 3] kJ/mol/nm with T = 3 ("terms") or 1 ("total"), or None).
     """
     want_grad = grad is not None
-    n = pos.shape[1]
-    eye = torch.eye(n, dtype=pos.dtype, device=pos.device)
-    d = pos[:, :, None, :] - pos[:, None, :, :]  # [B, N, N, 3], x_i - x_j
-    r2 = (d * d).sum(-1) + eye  # unit diagonal keeps 1/r finite; every diagonal weight is 0
+    eye = tables["eye"]
+    d = [c[:, :, None] - c[:, None, :] for c in pos.unbind(-1)]  # x_i - x_j per component, [B, N, N] each
+    r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2] + eye  # unit diagonal keeps 1/r finite; every diagonal weight is 0
     inv_r = weight = torch.rsqrt(r2)  # weight = (d r_eff / d r) / r
     r = r2 * inv_r
     if r_min is not None:  # pairs farther than r_min keep exactly the values above
@@ -149,6 +152,7 @@ def pair_energies(pos: torch.Tensor, tables: dict[str, torch.Tensor], *, nonbond
     inv_r2 = inv_r * inv_r
     zero = pos.new_zeros(pos.shape[0])
     energies, de_dr = [zero, zero, zero], [None, None, None]
+    born_w = None  # ordered-pair weights of the Born-radius chain rule, which act on i and on j
     if nonbonded:
         s6 = tables["sig6"] * (inv_r2 * inv_r2 * inv_r2)
         lj = tables["eps4"] * (s6 * s6 - s6)
@@ -158,7 +162,7 @@ def pair_energies(pos: torch.Tensor, tables: dict[str, torch.Tensor], *, nonbond
             de_dr[0] = tables["eps4"] * (6.0 * s6 - 12.0 * s6 * s6) * inv_r
             de_dr[1] = -coulomb * inv_r
     if gbsa:
-        born, carry = _born_radii(r, inv_r, inv_r2, tables["rho"], tables["s"], tables["radius"], want_grad)
+        born, carry = _born_radii(r, inv_r, inv_r2, 1.0 - eye, tables["rho"], tables["s"], tables["radius"], want_grad)
         inv_born = torch.reciprocal(born)
         bb = born[:, :, None] * born[:, None, :]
         r_sq = r * r
@@ -177,12 +181,19 @@ def pair_energies(pos: torch.Tensor, tables: dict[str, torch.Tensor], *, nonbond
                 - (tables["self_gb"] * inv_born + 6.0 * nonpolar) * inv_born
             )
             chain = (de_dborn * carry[0])[:, :, None] * carry[1]  # dE/dI_ij dI_ij/dr, ordered pairs
-            de_dr[2] = -polar_f2 * r * (1.0 - 0.25 * ex) + chain + chain.transpose(1, 2)
+            de_dr[2] = -polar_f2 * r * (1.0 - 0.25 * ex) + chain
+            born_w = chain * weight
     energies = torch.stack(energies, -1)
     if not want_grad:
         return energies, None
     if grad == "total":
-        pair_w = sum(g for g in de_dr if g is not None)[:, None] * weight[:, None]
+        pair_w, born_ws = [sum(g for g in de_dr if g is not None) * weight], [born_w]
     else:
-        pair_w = torch.stack([torch.zeros_like(r) if g is None else g * weight for g in de_dr], 1)
-    return energies, torch.einsum("btij,bijc->btic", pair_w, d)  # sum_j w_ij (x_i - x_j)
+        pair_w, born_ws = [torch.zeros_like(r) if g is None else g * weight for g in de_dr], [None, None, born_w]
+    grads = []
+    for w, w_born in zip(pair_w, born_ws):  # dE/dx_i = sum_j w_ij (x_i - x_j) + sum_j w_born_ji (x_i - x_j)
+        g = [(w * c).sum(-1) for c in d]
+        if w_born is not None:  # a column sum: no transposed [B, N, N] read
+            g = [g_c - (w_born * c).sum(1) for g_c, c in zip(g, d)]
+        grads.append(torch.stack(g, -1))
+    return energies, torch.stack(grads, 1)

@@ -1,10 +1,12 @@
 """Bonded force-field terms with analytic gradients, as pure torch functions.
 
 A term's atoms come in *slots*: slot c holds the coordinates of atom c of
-every term, as a tuple ``(x, y, z)`` of ``[B, M]`` tensors (nm), B frames and
-M terms.  Each function returns ``(energy [B, M] kJ/mol, grads)``, where
-``grads`` is a list with one such tuple per slot holding dE/dx of that
-slot's atom (kJ/mol/nm), or None when ``want_grad`` is False.  Gradients are
+every term, as a tuple ``(x, y, z)`` of tensors (nm) over frames and terms,
+and the parameters broadcast against them (TorchForceField passes ``[M, B]``
+coordinates of M terms in B frames with ``[M, 1]`` parameters; ``[B, M]``
+with ``[M]`` works alike).  Each function returns ``(energy kJ/mol, grads)``
+of that shape, where ``grads`` is a list with one such tuple per slot holding
+dE/dx of that slot's atom (kJ/mol/nm), or None when ``want_grad`` is False.  Gradients are
 the closed forms OpenMM's Reference platform uses (Blondel and Karplus 1996
 for torsions); they are finite at degenerate geometries where the energy is
 finite (coincident bonded atoms, collinear angles and torsions): there the
@@ -53,8 +55,8 @@ OBC_ALPHA_BETA_GAMMA = (1.0, 0.8, 4.85)
 
 _TINY = 1e-20  # nm^2: below this a squared length counts as zero (guards only)
 
-#: A batch of 3-vectors as components (x, y, z), each [B, M].  Per-component
-#: arithmetic keeps every intermediate a plain [B, M] tensor (no slicing of
+#: A batch of 3-vectors as components (x, y, z), each e.g. [M, B].  Per-component
+#: arithmetic keeps every intermediate a plain 2-d tensor (no slicing of
 #: [B, M, 3] tensors), which is faster in eager mode and fuses under torch.compile.
 Vec = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -105,7 +107,7 @@ def _safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # bonded terms
 # ----------------------------------------------------------------------------
 def bond_terms(x0: Vec, x1: Vec, length: torch.Tensor, k: torch.Tensor, want_grad: bool = True):
-    """Harmonic bonds x0-x1. length [M] nm; k [M] kJ/mol/nm^2 -> (energy [B, M] kJ/mol, [g0, g1] or None)."""
+    """Harmonic bonds x0-x1. length nm; k kJ/mol/nm^2 (per term) -> (energy kJ/mol, [g0, g1] or None)."""
     d = _sub(x1, x0)
     r2 = _dot(d, d)
     r = _safe_sqrt(r2)
@@ -118,7 +120,7 @@ def bond_terms(x0: Vec, x1: Vec, length: torch.Tensor, k: torch.Tensor, want_gra
 
 
 def angle_terms(x0: Vec, x1: Vec, x2: Vec, theta0: torch.Tensor, k: torch.Tensor, want_grad: bool = True):
-    """Harmonic angles x0-x1-x2 at x1. theta0 [M] rad; k [M] kJ/mol/rad^2 -> (energy [B, M], [g0, g1, g2] or None).
+    """Harmonic angles x0-x1-x2 at x1. theta0 rad; k kJ/mol/rad^2 -> (energy kJ/mol, [g0, g1, g2] or None).
 
     theta = atan2(|u x v|, u . v) with u = x0 - x1, v = x2 - x1 (accurate near
     0 and pi); dtheta/du = (u x p) / (|u|^2 |p|), dtheta/dv = (p x v) / (|v|^2 |p|), p = u x v.
@@ -150,7 +152,7 @@ def _dihedral_parts(x0: Vec, x1: Vec, x2: Vec, x3: Vec):
 
 
 def dihedral(x0: Vec, x1: Vec, x2: Vec, x3: Vec) -> torch.Tensor:
-    """Dihedral angles [B, M] (rad, in (-pi, pi]) of the quadruples x0-x1-x2-x3.
+    """Dihedral angles (rad, in (-pi, pi]) of the quadruples x0-x1-x2-x3, shaped like the components.
 
     IUPAC/OpenMM convention: with b1 = x1 - x0, b2 = x2 - x1, b3 = x3 - x2,
     phi = atan2(|b2| b1 . (b2 x b3), (b1 x b2) . (b2 x b3)); trans = pi.
@@ -160,7 +162,7 @@ def dihedral(x0: Vec, x1: Vec, x2: Vec, x3: Vec) -> torch.Tensor:
 
 def torsion_terms(x0: Vec, x1: Vec, x2: Vec, x3: Vec, periodicity: torch.Tensor, phase: torch.Tensor,
                   k: torch.Tensor, want_grad: bool = True):  # fmt: skip
-    """Periodic torsions. periodicity [M] (float); phase [M] rad; k [M] kJ/mol -> (energy [B, M], 4 grads or None).
+    """Periodic torsions. periodicity (float); phase rad; k kJ/mol -> (energy kJ/mol, 4 grads or None).
 
     dphi/dx0 = -f1, dphi/dx3 = f4, dphi/dx1 = (1 + a) f1 + c f4,
     dphi/dx2 = -(1 + c) f4 - a f1 with f1 = |b2| n1/|n1|^2, f4 = |b2| n2/|n2|^2,

@@ -16,12 +16,13 @@ alive).  Second derivatives are not available (``once_differentiable``).
 Pair terms run over dense ``[B, N, N]`` matrices (no cutoff); for thousands of
 frames of a large system use :meth:`TorchForceField.energies_and_forces`,
 which evaluates in chunks.  ``compile=True`` runs the evaluation through
-``torch.compile`` (about 10-30 s to compile on two CPU cores, then 2-3x
-faster on a CPU thread: see ``tests/benchmarks/test_bench_energies.py``).
-Bonded gradients reach the atoms through a dense slot-to-atom incidence
-matrix ([terms x atoms per term, N]), which, like the [B, N, N] pair
-matrices, suits the small systems backmapping works with (N up to a few
-hundred atoms).
+``torch.compile`` (about 10-30 s to compile on two CPU cores, then about
+3x faster on CPU: see ``tests/benchmarks/test_bench_energies.py``).
+Bonded terms are evaluated frames-last (each term's coordinates are
+``[M, B]`` rows, so the arithmetic vectorises along the frames, not along a
+few dozen terms), and their per-atom gradients are rows added onto their
+atoms with ``index_add``.  Like the ``[B, N, N]`` pair matrices this suits the
+small systems backmapping works with (N up to a few hundred atoms).
 
 Training safety (``u_max``): paper 001 (section 2.3, Table 1: U_max = 1e5
 kJ/mol for chignolin, none for ADP) clamps the reconstructed energy,
@@ -148,9 +149,6 @@ class TorchForceField(torch.nn.Module):
             slots = np.ascontiguousarray(idx.T).ravel()  # slot-major: atom c of every term, c = 0..k-1
             buf(f"{term}_idx", idx, integer=True)
             buf(f"{term}_slots", slots, integer=True)
-            # slot -> atom incidence [k M, N]: per-slot gradients [.., k M] @ incidence sum onto atoms
-            # (no atomic adds; the fastest scatter at these sizes, compiled or not)
-            buf(f"{term}_incidence", np.eye(self.n_atoms)[slots].reshape(len(slots), self.n_atoms))
         for key in ("bond_length", "bond_k", "angle_theta0", "angle_k", "torsion_periodicity", "torsion_phase",
                     "torsion_k"):  # fmt: skip
             buf(key, p[key])
@@ -219,25 +217,28 @@ class TorchForceField(torch.nn.Module):
 
     def _bonded(self, pos: torch.Tensor, grad: str | None):
         """Bond, angle, torsion energies [B, 3] and their gradients [B, 3 or 1, N, 3] (or None)."""
-        pos_t = pos.transpose(1, 2)  # [B, 3, N]: one gather per term fetches all components
+        n_frames = pos.shape[0]
+        frames = pos.permute(1, 2, 0)  # [N, 3, B]: each term's arithmetic runs along the frames
+        no_grad = frames.new_zeros(self.n_atoms, 3 * n_frames)
         energies, grads = [], []
         for term, k, fn, names in _BONDED:
             slots = getattr(self, f"{term}_slots")
             if not len(slots):
-                energies.append(pos.new_zeros(pos.shape[0]))
-                grads.append(torch.zeros_like(pos_t))
+                energies.append(pos.new_zeros(n_frames))
+                grads.append(no_grad)
                 continue
-            atoms = [tuple(c.unbind(1)) for c in pos_t.index_select(2, slots).chunk(k, 2)]
-            energy, slot_grads = fn(*atoms, *(getattr(self, name) for name in names), want_grad=grad is not None)
-            energies.append(energy.sum(-1))
-            if grad is not None:
-                flat = torch.cat([torch.stack(g, 1) for g in slot_grads], 2)  # [B, 3, k M]
-                grads.append(flat @ getattr(self, f"{term}_incidence"))  # [B, 3, N]
+            atoms = [tuple(c.unbind(1)) for c in frames.index_select(0, slots).chunk(k, 0)]  # (x, y, z) [M, B]
+            params = (getattr(self, name)[:, None] for name in names)
+            energy, slot_grads = fn(*atoms, *params, want_grad=grad is not None)
+            energies.append(energy.sum(0))
+            if grad is not None:  # rows of k M slot gradients [3 B] added onto their atoms
+                flat = torch.cat([torch.stack(g, 1) for g in slot_grads]).flatten(1)
+                grads.append(no_grad.index_add(0, slots, flat))
         energies = torch.stack(energies, -1)
         if grad is None:
             return energies, None
-        grads = sum(grads)[:, None] if grad == "total" else torch.stack(grads, 1)
-        return energies, grads.transpose(-1, -2)
+        grads = sum(grads)[None] if grad == "total" else torch.stack(grads)  # [T, N, 3 B]
+        return energies, grads.unflatten(-1, (3, n_frames)).permute(3, 0, 1, 2)
 
     def _pairs(self, pos: torch.Tensor, grad: str | None):
         """Lennard-Jones, Coulomb, solvation energies [B, 3] and gradients [B, 3 or 1, N, 3] (or None)."""
