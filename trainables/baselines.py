@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from finegrain.platform.mapping import CGMapping
+from finegrain.platform.superposition import kabsch_rotations
 from finegrain.platform.validation import InputError, check_xyz
 from finegrain.trainables.protocol import Backmapper
 
@@ -48,7 +49,6 @@ __all__ = [
     "NullSpaceBackmapper",
     "EnergyMinimisationBackmapper",
     "fit_nullspace",
-    "kabsch_rotations",
     "K_RESTRAINT",
 ]
 
@@ -62,29 +62,6 @@ MAX_ITERATIONS = 2000
 PLACEMENT_NOISE_NM = 0.01
 _RESTRAINT_GROUP = 31
 _MODES = ("full", "diagonal", "conditional")
-
-
-def kabsch_rotations(mobile, target) -> np.ndarray:
-    """Rotations R [F, 3, 3] (det +1) with (mobile_f - centroid) R^T ~ (target - centroid).
-
-    mobile [F, n, 3], target [n, 3]; centroids are unweighted bead means. With
-    n < 3 the identity is returned (the rotation is undefined).
-    """
-    mobile = np.asarray(mobile, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    f, n = mobile.shape[0], mobile.shape[1]
-    if n < 3:
-        return np.broadcast_to(np.eye(3), (f, 3, 3)).copy()
-    p = mobile - mobile.mean(axis=1, keepdims=True)
-    q = target - target.mean(axis=0)
-    h = np.einsum("fni,nj->fij", p, q)  # [F, 3, 3]
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(np.einsum("fji,fkj->fik", vt, u)))  # det(V U^T)
-    d[d == 0] = 1.0
-    diag = np.zeros((f, 3, 3))
-    diag[:, 0, 0] = diag[:, 1, 1] = 1.0
-    diag[:, 2, 2] = d
-    return np.einsum("fji,fjk,flk->fil", vt, diag, u)  # V D U^T
 
 
 def _body_frame(y: np.ndarray, y_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from finegrain.platform.mapping import CGMapping
+from finegrain.platform.superposition import kabsch_rotations, pairwise_superposed_rmsd
 from finegrain.platform.validation import InputError, check_xyz
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.model import CVAE
 from finegrain.trainables.protocol import Backmapper
 
-__all__ = ["CVAEBackmapper", "GaussianMixtureSampler", "kabsch"]
+__all__ = ["CVAEBackmapper", "GaussianMixtureSampler"]
 
 
 class GaussianMixtureSampler:
@@ -115,25 +116,6 @@ class GaussianMixtureSampler:
         return cls(*(np.asarray(state[f"{prefix}{k}"], dtype=np.float64) for k in ("weights", "means", "covariances")))
 
 
-def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optimal rotations of centred ``mobile`` onto centred ``target``.
-
-    mobile [M, n, 3], target [n, 3] (both centred at their centroids, nm).
-    Returns (R [M, 3, 3] with det +1, rmsd [M] nm) minimising
-    sqrt(mean_j |R p_j - q_j|^2); apply as ``mobile @ R.transpose(0, 2, 1)``.
-    """
-    h = np.einsum("mji,jk->mik", mobile, target)  # sum_j p_j q_j^T
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(np.einsum("mji,mkj->mik", vt, u)))  # det(V U^T)
-    d[d == 0] = 1.0
-    diag = np.ones((mobile.shape[0], 3))
-    diag[:, 2] = d
-    rot = np.einsum("mji,mj,mkj->mik", vt, diag, u)  # V D U^T
-    aligned = np.einsum("mij,mnj->mni", rot, mobile)
-    rmsd = np.sqrt(((aligned - target[None]) ** 2).sum(-1).mean(-1))
-    return rot, rmsd
-
-
 class CVAEBackmapper(Backmapper):
     """A trained temporally coherent cVAE: decoder + latent prior + seed bank.
 
@@ -197,18 +179,18 @@ class CVAEBackmapper(Backmapper):
         return rng.standard_normal((n, self.config.d_latent))
 
     # -------------------------------------------------------------------- seed
-    def seed_frame(self, cg0: np.ndarray) -> np.ndarray:
-        """AA(-1) [N, 3] nm for a first CG frame cg0 [n, 3] (absolute coordinates).
+    def seed_frames(self, cg0: np.ndarray) -> np.ndarray:
+        """AA(-1) [M, N, 3] nm for first CG frames cg0 [M, n, 3] (absolute coordinates).
 
-        The bank's AA(t*-1) with the smallest Kabsch RMSD between its CG(t*)
-        and cg0, rotated onto cg0 and translated to cg0's centroid.
+        For each, the bank's AA(t*-1) with the smallest RMSD after optimal
+        superposition between its CG(t*) and cg0 (all pairs at once, from
+        singular values alone), rotated onto cg0 and moved to its centroid.
         """
         if self.bank_cg is None:
             raise ValueError("frame-based models have no seed bank")
-        c0 = cg0.mean(axis=0)
-        rot, rmsd = kabsch(self.bank_cg, cg0 - c0)
-        i = int(np.argmin(rmsd))
-        return self.bank_aa_prev[i] @ rot[i].T + c0
+        best = pairwise_superposed_rmsd(cg0, self.bank_cg).argmin(axis=1)
+        rot = kabsch_rotations(self.bank_cg[best], cg0)
+        return np.einsum("mnj,mij->mni", self.bank_aa_prev[best], rot) + cg0.mean(axis=1, keepdims=True)
 
     # --------------------------------------------------------------- inference
     def backmap_xyz(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None,
@@ -249,7 +231,7 @@ class CVAEBackmapper(Backmapper):
         prev = None
         if temporal:
             if prev_aa_xyz is None:
-                prev0 = np.stack([self.seed_frame(cg[j, 0]) for j in range(m)])
+                prev0 = self.seed_frames(cg[:, 0])
             else:
                 prev0 = np.asarray(prev_aa_xyz, dtype=np.float64).reshape(m, n_atoms, 3)
             prev = np.repeat(prev0 - centroid[:, 0, None], k, axis=0)  # [M*K, N, 3], centred on CG(0)
