@@ -147,7 +147,6 @@ class TorchForceField(torch.nn.Module):
         for term, k, _, _ in _BONDED:
             idx = p[f"{term}_idx"].reshape(-1, k)
             slots = np.ascontiguousarray(idx.T).ravel()  # slot-major: atom c of every term, c = 0..k-1
-            buf(f"{term}_idx", idx, integer=True)
             buf(f"{term}_slots", slots, integer=True)
         for key in ("bond_length", "bond_k", "angle_theta0", "angle_k", "torsion_periodicity", "torsion_phase",
                     "torsion_k"):  # fmt: skip
