@@ -25,14 +25,13 @@ def _centred(x: np.ndarray) -> np.ndarray:
 def kabsch_rotations(mobile, target) -> np.ndarray:
     """Rotations R [F, 3, 3] (det +1) with (mobile_f - centroid) R^T ~ (target_f - centroid).
 
-    mobile [F, n, 3]; target [n, 3] (one for all) or [F, n, 3].  With n < 3
-    the identity is returned (the rotation is undefined).
+    mobile [F, n, 3]; target [n, 3] (one for all) or [F, n, 3].  With two
+    points only their axes are aligned (the spin about the axis is arbitrary);
+    with one, or coincident points, R is the identity.
     """
     p = _centred(mobile)
     q = np.broadcast_to(_centred(target), p.shape)
-    f, n = p.shape[0], p.shape[1]
-    if n < 3:
-        return np.broadcast_to(np.eye(3), (f, 3, 3)).copy()
+    f = p.shape[0]
     u, _, vt = np.linalg.svd(np.einsum("fni,fnj->fij", p, q))  # H = sum_n p_n q_n^T
     diag = np.ones((f, 3))
     diag[:, 2] = np.where(np.linalg.det(np.einsum("fji,fkj->fik", vt, u)) < 0, -1.0, 1.0)  # det(V U^T)

@@ -64,3 +64,17 @@ def test_rotated_copies_match_and_mirror_images_do_not():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="queries, frames"):
         pairwise_superposed_rmsd(np.zeros((2, 5, 3)), np.zeros((4, 6, 3)))
+
+
+def test_two_points_align_their_axis_and_one_point_gives_the_identity():
+    rng = np.random.default_rng(4)
+    pair = rng.normal(size=(3, 2, 3))
+    target = rng.normal(size=(2, 3))
+    r = kabsch_rotations(pair, target)
+    axis = np.einsum("fij,fj->fi", r, pair[:, 1] - pair[:, 0])
+    expected = (target[1] - target[0]) / np.linalg.norm(target[1] - target[0])
+    np.testing.assert_allclose(axis / np.linalg.norm(axis, axis=1, keepdims=True), np.broadcast_to(expected, (3, 3)),
+                               atol=1e-10)  # fmt: skip
+    assert np.allclose(np.linalg.det(r), 1.0)
+    single = kabsch_rotations(rng.normal(size=(2, 1, 3)), target[:1])
+    np.testing.assert_allclose(single, np.broadcast_to(np.eye(3), (2, 3, 3)))

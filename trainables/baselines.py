@@ -67,7 +67,10 @@ _MODES = ("full", "diagonal", "conditional")
 def _body_frame(y: np.ndarray, y_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centroids c [F, 3], rotations R [F, 3, 3] and body-frame beads (y - c) R^T [F, n, 3]."""
     c = y.mean(axis=1)
-    r = kabsch_rotations(y, y_ref)
+    if y.shape[1] < 3:  # the spin about a bead axis is undefined: statistics in the centred lab frame
+        r = np.broadcast_to(np.eye(3), (len(y), 3, 3)).copy()
+    else:
+        r = kabsch_rotations(y, y_ref)
     return c, r, np.einsum("fnj,fij->fni", y - c[:, None], r)
 
 
