@@ -11,7 +11,7 @@ Every method computes U and F = -dU/dx for B frames (perturbed by 0.01 nm):
 - torch f64 / f32 : TorchForceField forward + autograd.grad, eager;
 - torch f32 compiled : the same with ``compile=True`` (compile time excluded,
   printed separately), with all threads and with one thread (on a shared
-  2-vCPU machine the second core is often busy, and OpenMP then waits for it);
+  machine OpenMP threads wait for a busy core, so the two can swap places);
 - torch f32 U only : forward under no_grad (energy distributions).
 
 The process keeps freed memory (:func:`retain_freed_memory`, as the CLI and
