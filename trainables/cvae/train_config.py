@@ -94,6 +94,9 @@ class RunSection(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
+    startup_failures: int = Field(3, ge=-1, description="failed worker-group start-ups tolerated (Train's "
+                                  "controller_failure_limit) before the run fails; -1: unlimited (opt-in: a "
+                                  "start-up that can never get its resources then retries forever)")
     keep_checkpoints: int | None = Field(None, ge=1, description="checkpoints kept on disk; None: all")
     seed: int = 0
     resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
