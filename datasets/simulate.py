@@ -3,7 +3,9 @@
 Output folder (written to a temporary sibling and renamed when complete)::
 
     OUT/topology.pdb
-    OUT/metadata.json            force field, T, dt, stride, seed, platform, versions
+    OUT/metadata.json            force field, T, dt, stride, seed, platform, versions,
+                                 constrained_pairs: [[i, j, r0_nm], ...] of the OpenMM
+                                 System ([] when no bond was constrained)
     OUT/replica_000.dcd          frames every ``stride_ps`` (mdtraj-readable)
     OUT/replica_000.npz          time_ps [F], potential_kj_mol [F],
                                  forces_kj_mol_nm [F, N, 3] float32, temperature_k [F]
@@ -26,7 +28,7 @@ import numpy as np
 
 from finegrain.datasets.systems import get_system
 
-__all__ = ["SimulationConfig", "run_replica", "simulate", "choose_platform", "replica_seed"]
+__all__ = ["SimulationConfig", "run_replica", "simulate", "choose_platform", "replica_seed", "constraint_record"]
 
 #: Below this many atoms OpenMM's single-threaded Reference platform with its
 #: native GBSAOBCForce beats the CPU platform (ADP, 22 atoms: ~16x faster here;
@@ -91,6 +93,22 @@ def choose_platform(n_atoms: int, requested: str = "auto") -> str:
 def replica_seed(seed: int, replica: int) -> int:
     """A nonzero 31-bit seed per replica (OpenMM treats 0 as 'pick one at random')."""
     return int(np.random.SeedSequence([seed, replica]).generate_state(1)[0] % (2**31 - 2)) + 1
+
+
+def constraint_record(system) -> list[list]:
+    """The distance constraints of an OpenMM ``System``: [[i, j, r0_nm], ...] (i < j), as OpenMM holds them.
+
+    With ``constraints="HBonds"`` these are the X-H bonds at their force-field
+    lengths; [] when nothing is constrained. JSON-ready (ints and floats).
+    """
+    import openmm.unit as u
+
+    out = []
+    for k in range(system.getNumConstraints()):
+        i, j, r0 = system.getConstraintParameters(k)
+        r0 = r0.value_in_unit(u.nanometer) if hasattr(r0, "value_in_unit") else float(r0)
+        out.append([min(int(i), int(j)), max(int(i), int(j)), float(r0)])
+    return out
 
 
 def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progress: Callable[[int], None] | None = None) -> dict:
@@ -202,6 +220,7 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
             "n_atoms": ref.n_atoms,
             "forcefield": ref.definition.get("forcefield"),
             "constraints": cfg.constraints,
+            "constrained_pairs": constraint_record(ref.create_system(constraints=cfg.constraints)),
             "integrator": "LangevinMiddleIntegrator",
             "config": asdict(cfg),
             "platform": results[0]["platform"],

@@ -243,3 +243,146 @@ def test_bad_arguments_are_named(adp_ref):
         evaluate_frames(frames, {"aa_xyz_nm": frames["aa_xyz_nm"][:, :5]}, top, mapping, "adp")
     with pytest.raises(ValueError, match="time_ps"):
         frame_velocities(frames["aa_xyz_nm"], time_ps=np.zeros(3))
+
+
+# -- constrained bonds and FlowBack-comparable scores ---------------------------------
+def _adp_constraints():
+    """ADP's HBonds constraint record from OpenMM's System: (pairs [C, 2], r0 [C] nm)."""
+    from finegrain.datasets.simulate import constraint_record
+
+    rows = constraint_record(get_system("adp").create_system(constraints="HBonds"))
+    return np.array([r[:2] for r in rows], dtype=int), np.array([r[2] for r in rows])
+
+
+def _place_h(x, pairs, length_nm, top):
+    """Copy of frames x [F, N, 3] with each constrained H moved along its X-H direction to ``length_nm`` [C]."""
+    y = x.copy()
+    is_h = np.array([a.element.symbol == "H" for a in top.atoms])
+    for (i, j), r in zip(pairs, length_nm):
+        heavy, h = (j, i) if is_h[i] else (i, j)
+        u = x[:, h] - x[:, heavy]
+        y[:, h] = x[:, heavy] + r * u / np.linalg.norm(u, axis=-1, keepdims=True)
+    return y
+
+
+def test_openmm_hbond_constraints_are_the_x_h_bonds(adp_ref):
+    _, top, _ = adp_ref
+    pairs, r0 = _adp_constraints()
+    x_h = {tuple(sorted((a.index, b.index))) for a, b in top.bonds if (a.element.symbol == "H") != (b.element.symbol == "H")}
+    assert len(x_h) == 12 and {tuple(p) for p in pairs.tolist()} == x_h
+    assert np.all((r0 > 0.09) & (r0 < 0.11))  # amber X-H lengths (C-H 0.109, N-H 0.101 nm)
+
+
+def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
+    from finegrain.platform.metrics.structure import constrained_bond_mae, internal_js
+
+    frames, top, mapping = adp_ref
+    x = frames["aa_xyz_nm"]
+    pairs, r0 = _adp_constraints()
+    exact = _place_h(x, pairs, r0, top)
+    assert constrained_bond_mae(exact, (pairs, r0)) == pytest.approx(0.0, abs=1e-12)
+    assert constrained_bond_mae(x, (pairs, r0)) < 1e-5  # the simulation held them (float32 DCD)
+    off = _place_h(x, pairs, r0 + 0.004, top)  # every X-H 0.004 nm too long
+    assert constrained_bond_mae(off, (pairs, r0)) == pytest.approx(0.004, rel=1e-9)
+    rows = np.c_[pairs, r0]  # the manifest's [i, j, r0] rows are accepted as well
+    m, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, "adp", constraints=rows, make_figures=False)
+    assert m["mae_constrained_bond_nm"] == pytest.approx(0.004, rel=1e-9)
+    assert m["mae_constrained_bond_nm_ref"] < 1e-5
+    # moving only the H atoms leaves the (heavy-atom) bond JS exactly at zero; no X-H class is reported
+    assert m["js_bonds"] == pytest.approx(0.0, abs=1e-12)
+    assert not any(k.startswith("js_bond_") and "H" in k for k in m)
+    assert {"js_bond_C-C", "js_bond_C-N", "js_bond_C-O"} <= set(m)
+    # without the record the same X-H shift dominates the JS (delta functions one bin apart and more)
+    m0, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, "adp", make_figures=False)
+    assert m0["js_bonds"] > 0.3 and "mae_constrained_bond_nm" not in m0 and m0["js_bond_C-H"] > 0.5
+    # the JS excluding constraints is the JS over the remaining bonds only (mdtraj topology without H)
+    res = internal_js(x[:100], off[100:], top, "bonds", exclude=pairs)
+    heavy = top.select("not element H")
+    sub = internal_js(x[:100, heavy], off[100:, heavy], top.subset(heavy), "bonds")
+    assert res["js"] == pytest.approx(sub["js"], rel=1e-12) and set(res["per_class"]) == set(sub["per_class"])
+    with pytest.raises(ValueError, match="constraints"):
+        evaluate_frames(frames, frames, top, mapping, "adp", constraints=np.c_[pairs, r0][:, :2], make_figures=False)
+    with pytest.raises(ValueError, match="constraints"):
+        evaluate_frames(frames, frames, top, mapping, "adp", constraints=(pairs + 100, r0), make_figures=False)
+
+
+def test_heavy_bond_js_of_noisy_copy_far_above_the_reference_floor(adp_ref):
+    """Reference + 0.005 nm Gaussian noise vs the floor of two halves of the reference."""
+    frames, top, _ = adp_ref
+    from finegrain.platform.metrics.structure import BOND_EDGES_NM, internal_js, term_classes
+
+    x = frames["aa_xyz_nm"]
+    pairs, _ = _adp_constraints()
+    floor = internal_js(x[:100], x[100:], top, "bonds", exclude=pairs)["js"]
+    noisy = x + np.random.default_rng(8).normal(0.0, 0.005, x.shape)
+    js = internal_js(x, noisy, top, "bonds", exclude=pairs)["js"]
+    assert js > 5.0 * floor and floor < 0.03
+    # independent: scipy's Jensen-Shannon distance^2 per heavy-bond class, weighted by bond count
+    bonds = np.array(sorted(tuple(sorted((a.index, b.index))) for a, b in top.bonds
+                            if a.element.symbol != "H" and b.element.symbol != "H"))
+    classes = np.array(term_classes(top, bonds))
+    lo, hi = BOND_EDGES_NM[0], BOND_EDGES_NM[-1]
+
+    def hist(xyz, cols):
+        d = np.linalg.norm(xyz[:, bonds[cols, 0]] - xyz[:, bonds[cols, 1]], axis=-1).ravel()
+        return np.histogram(np.clip(d, lo, np.nextafter(hi, lo)), BOND_EDGES_NM)[0].astype(float)
+
+    expected = sum(scipy.spatial.distance.jensenshannon(hist(x, c), hist(noisy, c)) ** 2 * c.sum()
+                   for c in (classes == k for k in set(classes))) / len(bonds)
+    assert js == pytest.approx(expected, rel=1e-6)
+
+
+def test_bond_score_identity_and_stretched_fraction(adp_ref):
+    from finegrain.platform.metrics.structure import bond_score
+
+    frames, top, _ = adp_ref
+    x = frames["aa_xyz_nm"]
+    assert bond_score(x, x, top) == pytest.approx(1.0, abs=1e-3)
+    stretched = x.copy()
+    stretched[:50] *= 1.5  # a quarter of the frames with every bond 50 % too long
+    bonds = np.array([[a.index, b.index] for a, b in top.bonds])
+    d = lambda y: np.linalg.norm(y[:, bonds[:, 0]] - y[:, bonds[:, 1]], axis=-1)  # noqa: E731
+    r = d(x).mean(axis=0)
+    expected = np.mean(np.abs(d(stretched) - r) < 0.1 * r)
+    assert bond_score(x, stretched, top) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.75 * bond_score(x, x, top), abs=1e-3)
+    assert bond_score(x, x * 1.2, top) == 0.0  # every bond 20 % long
+
+
+def test_clash_score_counts_residues_in_heavy_contacts(adp_ref):
+    from finegrain.platform.metrics.structure import clash_score
+
+    frames, top, _ = adp_ref
+    x = frames["aa_xyz_nm"][:20].copy()
+    assert clash_score(x, top) == 0.0
+    idx = {str(a): a.index for a in top.atoms}
+    i, j = idx["ACE1-CH3"], idx["NME3-C"]
+    x[:5, i] = x[:5, j] + np.array([0.05, 0.0, 0.0])  # 5 of 20 frames: ACE and NME in contact, ALA not
+    assert clash_score(x, top) == pytest.approx(100.0 * (5 * 2) / (20 * 3))
+    y = frames["aa_xyz_nm"][:20].copy()
+    y[:, idx["ACE1-H1"]] = y[:, idx["NME3-C"]]  # a hydrogen on a heavy atom is not a heavy-atom contact
+    assert clash_score(y, top) == 0.0
+
+
+def test_diversity_score_against_mdtraj_rmsd(adp_ref):
+    from finegrain.platform.metrics.structure import diversity_score
+
+    frames, top, _ = adp_ref
+    x = frames["aa_xyz_nm"][:15]
+    rng = np.random.default_rng(9)
+    s = np.stack([x + rng.normal(0.0, 0.01, x.shape) for _ in range(3)])
+
+    def rmsd(a, b):  # mdtraj superposes, frame by frame
+        return np.array([md.rmsd(md.Trajectory(a[f:f + 1], top), md.Trajectory(b[f:f + 1], top))[0]
+                         for f in range(len(a))])
+
+    between = np.mean([rmsd(s[a], s[b]).mean() for a, b in ((0, 1), (0, 2), (1, 2))])
+    to_ref = np.mean([rmsd(s[k], x).mean() for k in range(3)])
+    assert diversity_score(s, x) == pytest.approx(1.0 - between / to_ref, rel=1e-4)
+    assert diversity_score(s, x) == pytest.approx(1.0 - np.sqrt(2.0), abs=0.05)  # independent errors
+    assert diversity_score(np.stack([s[0], s[0]]), x) == pytest.approx(1.0)  # identical samples
+    m, _ = evaluate_frames({"aa_xyz_nm": x}, {"aa_xyz_nm": s[0], "samples": s}, top, adp_ref[2], "adp",
+                           make_figures=False)
+    assert m["diversity_score"] == pytest.approx(diversity_score(s, x)) and "diversity_rmsd_nm" in m
+    with pytest.raises(ValueError, match="ref_xyz"):
+        diversity_score(s, x[:3])

@@ -7,6 +7,16 @@ its reverse are one class). Distributions are histograms on the fixed bins
 below, compared per class by the Jensen-Shannon divergence; the aggregate
 ``js`` is the mean over classes weighted by the number of terms in each (so
 each bond/angle/dihedral counts once).
+
+Constrained bonds (e.g. X-H under OpenMM's HBonds) are delta functions in the
+reference; a JS on them saturates at ln 2 for any model not within a bin of
+r0. They are therefore left out of the bond JS when the constraint record is
+given (``exclude``) and scored by :func:`constrained_bond_mae` instead. The
+record is (pairs [C, 2] atom indices, r0 [C] nm), read from the simulation's
+metadata via the shard manifest, never guessed from elements.
+
+FlowBack-comparable scores (Jones et al., ICML 2024 workshop): :func:`bond_score`,
+:func:`clash_score`, :func:`diversity_score`.
 """
 
 from __future__ import annotations
@@ -35,6 +45,15 @@ __all__ = [
     "clash_fraction",
     "diversity_rmsd",
     "check_frames",
+    "BOND_SCORE_TOLERANCE",
+    "CLASH_SCORE_THRESHOLD_NM",
+    "check_constraints",
+    "constrained_bond_mask",
+    "constrained_bond_mae",
+    "bond_score",
+    "clash_score",
+    "superposed_rmsd",
+    "diversity_score",
 ]
 
 #: Bond lengths: 0.05-0.25 nm in 200 bins of 0.001 nm (all covalent bonds of
@@ -52,6 +71,10 @@ DIHEDRAL_EDGES_RAD = np.linspace(-np.pi, np.pi, 73)
 CLASH_THRESHOLD_NM = 0.22
 #: Pairs within this many bonds of each other (1-2, 1-3, 1-4) are not "non-bonded".
 CLASH_MIN_BOND_SEPARATION = 4
+#: FlowBack's bond score: a bond is "right" within 10 % of its reference length.
+BOND_SCORE_TOLERANCE = 0.1
+#: FlowBack's clash score: two heavy atoms (not bonded to each other) closer than 0.12 nm.
+CLASH_SCORE_THRESHOLD_NM = 0.12
 
 _EDGES = {"bonds": BOND_EDGES_NM, "angles": ANGLE_EDGES_RAD, "dihedrals": DIHEDRAL_EDGES_RAD}
 _CHUNK = 4096  # frames per mdtraj call (bounds memory for long trajectories)
@@ -116,16 +139,63 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind: expected one of {sorted(_EDGES)}, got {kind!r}")
 
 
-def class_histograms(xyz, topology, kind: str) -> dict[str, np.ndarray]:
+def check_constraints(constraints, n_atoms: int, argument: str = "constraints") -> tuple[np.ndarray, np.ndarray] | None:
+    """A constraint record as (pairs [C, 2] int, r0 [C] float64 nm), or None.
+
+    constraints : None, a pair ``(pairs [C, 2], r0_nm [C])`` or rows [C, 3] of
+    (i, j, r0 nm) as stored in a shard manifest. Indices must be distinct atoms
+    in 0..n_atoms-1 and r0 finite and > 0; ValueError naming ``argument`` otherwise.
+    """
+    if constraints is None:
+        return None
+    if isinstance(constraints, tuple) and len(constraints) == 2:
+        pairs, r0 = np.asarray(constraints[0]), np.asarray(constraints[1], dtype=np.float64)
+    else:
+        rows = np.asarray(constraints, dtype=np.float64)
+        if rows.size == 0:
+            rows = rows.reshape(0, 3)
+        if rows.ndim != 2 or rows.shape[1] != 3:
+            raise ValueError(f"{argument}: expected (pairs [C, 2], r0_nm [C]) or rows [C, 3] of (i, j, r0 nm), "
+                             f"got shape {rows.shape}")
+        pairs, r0 = rows[:, :2], rows[:, 2]
+    pairs = np.asarray(pairs)
+    if pairs.size == 0:
+        pairs = pairs.reshape(0, 2)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or r0.shape != (pairs.shape[0],):
+        raise ValueError(f"{argument}: expected pairs [C, 2] and r0_nm [C], got {pairs.shape} and {r0.shape}")
+    if pairs.size and (not np.all(np.isfinite(pairs)) or np.any(pairs != np.round(pairs))):
+        raise ValueError(f"{argument}: atom indices must be integers")
+    pairs = pairs.astype(int)
+    if pairs.size and (pairs.min() < 0 or pairs.max() >= n_atoms or np.any(pairs[:, 0] == pairs[:, 1])):
+        raise ValueError(f"{argument}: atom indices must be two distinct atoms in 0..{n_atoms - 1}")
+    if not np.all(np.isfinite(r0) & (r0 > 0)):
+        raise ValueError(f"{argument}: r0 must be finite and > 0 nm")
+    return pairs, r0
+
+
+def constrained_bond_mask(bonds, pairs) -> np.ndarray:
+    """[M] bool: which bonds [M, 2] are among the constrained ``pairs`` [C, 2] (either order)."""
+    bonds = np.asarray(bonds, dtype=int).reshape(-1, 2)
+    if pairs is None or len(pairs) == 0:
+        return np.zeros(bonds.shape[0], dtype=bool)
+    keys = {tuple(sorted(p)) for p in np.asarray(pairs, dtype=int).tolist()}
+    return np.array([tuple(sorted(b)) in keys for b in bonds.tolist()], dtype=bool)
+
+
+def class_histograms(xyz, topology, kind: str, exclude=None) -> dict[str, np.ndarray]:
     """Per-class histogram counts of one kind of bonded term over all frames.
 
     xyz : [F, N, 3] nm. kind : "bonds" (nm, :data:`BOND_EDGES_NM`), "angles"
     (rad, :data:`ANGLE_EDGES_RAD`) or "dihedrals" (rad, :data:`DIHEDRAL_EDGES_RAD`).
-    Returns {class: counts [B]} (float64), empty when the topology has no such term.
+    exclude : constrained atom pairs [C, 2] left out of the bonds (ignored for
+    angles and dihedrals). Returns {class: counts [B]} (float64), empty when
+    the topology has no such term (or all of its bonds are excluded).
     """
     _check_kind(kind)
     xyz = check_frames(xyz, "xyz", topology.n_atoms)
     terms = bonded_terms(topology)[kind]
+    if kind == "bonds" and exclude is not None:
+        terms = terms[~constrained_bond_mask(terms, exclude)]
     if terms.shape[0] == 0:
         return {}
     classes = term_classes(topology, terms)
@@ -140,16 +210,17 @@ def class_histograms(xyz, topology, kind: str) -> dict[str, np.ndarray]:
     return out
 
 
-def internal_js(ref_xyz, bm_xyz, topology, kind: str) -> dict:
+def internal_js(ref_xyz, bm_xyz, topology, kind: str, exclude=None) -> dict:
     """JS divergence (nats) of bonded-term distributions, reference vs backmapped.
 
     ref_xyz [F, N, 3], bm_xyz [G, N, 3] nm (frame counts may differ).
+    exclude : constrained atom pairs [C, 2] kept out of the bond JS (see module docstring).
     Returns {"js": term-count-weighted mean over classes, "per_class": {class: js},
     "ref": {class: counts}, "bm": {class: counts}, "edges": bin edges}; "js" is
     NaN when the topology has no term of this kind.
     """
-    ref = class_histograms(ref_xyz, topology, kind)
-    bm = class_histograms(bm_xyz, topology, kind)
+    ref = class_histograms(ref_xyz, topology, kind, exclude)
+    bm = class_histograms(bm_xyz, topology, kind, exclude)
     per_class = {c: js_divergence(ref[c], bm[c]) for c in ref}
     weights = {c: ref[c].sum() for c in ref}
     total = sum(weights.values())
@@ -250,3 +321,116 @@ def diversity_rmsd(samples) -> float:
     rmsds = [np.sqrt(np.mean(np.sum((s[a] - s[b]) ** 2, axis=-1), axis=-1))  # [F] per pair
              for a, b in combinations(range(s.shape[0]), 2)]
     return float(np.mean(rmsds))
+
+
+def _distances(xyz: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """|x_i - x_j| [F, P] nm (float64) for atom pairs [P, 2] of frames [F, N, 3]."""
+    x = np.asarray(xyz, dtype=np.float64)
+    return np.linalg.norm(x[:, pairs[:, 0]] - x[:, pairs[:, 1]], axis=-1)
+
+
+def constrained_bond_mae(xyz, constraints, n_atoms: int | None = None) -> float:
+    """Mean absolute deviation (nm) of constrained distances from their r0.
+
+    xyz [F, N, 3] nm; constraints (pairs [C, 2], r0 [C] nm) or rows [C, 3]
+    (see :func:`check_constraints`). mean over frames and pairs of |d - r0|;
+    0 for an exact placement. NaN when there is no constraint.
+    """
+    xyz = check_frames(xyz, "xyz", n_atoms)
+    cons = check_constraints(constraints, xyz.shape[1])
+    if cons is None or cons[0].shape[0] == 0:
+        return float("nan")
+    pairs, r0 = cons
+    return float(np.mean(np.abs(_distances(xyz, pairs) - r0)))
+
+
+def bond_score(ref_xyz, bm_xyz, topology, tolerance: float = BOND_SCORE_TOLERANCE) -> float:
+    """FlowBack's bond score: fraction of bonds within ``tolerance`` of their reference length.
+
+    ref_xyz [F, N, 3], bm_xyz [G, N, 3] nm (frame counts may differ). The
+    reference length of bond b is its mean over the reference frames, r_b;
+    the score is the fraction over backmapped frames and all bonds (constrained
+    ones too) with |d - r_b| < tolerance * r_b. 1 is perfect; NaN without bonds.
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance: must be in (0, 1), got {tolerance}")
+    ref_xyz = check_frames(ref_xyz, "ref_xyz", topology.n_atoms)
+    bm_xyz = check_frames(bm_xyz, "bm_xyz", topology.n_atoms)
+    bonds = bonded_terms(topology)["bonds"]
+    if bonds.shape[0] == 0:
+        return float("nan")
+    r_ref = _distances(ref_xyz, bonds).mean(axis=0)
+    return float(np.mean(np.abs(_distances(bm_xyz, bonds) - r_ref) < tolerance * r_ref))
+
+
+def clash_score(xyz, topology, threshold_nm: float = CLASH_SCORE_THRESHOLD_NM) -> float:
+    """FlowBack-style clash score: % of residues with a heavy-atom contact below ``threshold_nm``.
+
+    xyz [F, N, 3] nm. A contact is a pair of heavy atoms not bonded to each
+    other (1-3 and farther pairs count; the 1-2 bond itself is the bond
+    score's business) closer than ``threshold_nm`` (default 0.12 nm); a
+    residue clashes in a frame when one of its heavy atoms is in such a
+    contact. Returns 100 * mean over frames and residues (with heavy atoms)
+    of "clashes", in percent; 0 for physical structures.
+    """
+    if not threshold_nm > 0:
+        raise ValueError(f"threshold_nm: must be > 0, got {threshold_nm}")
+    xyz = check_frames(xyz, "xyz", topology.n_atoms)
+    pairs = nonbonded_heavy_pairs(topology, min_separation=2)
+    residues = sorted({a.residue.index for a in topology.atoms if _element(a) != "H"})
+    if not residues:
+        return float("nan")
+    if pairs.shape[0] == 0:
+        return 0.0
+    res_of = np.array([a.residue.index for a in topology.atoms])
+    col = {r: k for k, r in enumerate(residues)}
+    touches = np.zeros((pairs.shape[0], len(residues)))  # [P, R]: pair p involves residue r
+    for p, (i, j) in enumerate(pairs.tolist()):
+        touches[p, col[res_of[i]]] = touches[p, col[res_of[j]]] = 1.0
+    clashed = 0.0
+    for s in range(0, xyz.shape[0], _CHUNK):
+        close = (_distances(xyz[s:s + _CHUNK], pairs) < threshold_nm).astype(np.float64)  # [F, P]
+        clashed += float(np.sum(close @ touches > 0))
+    return 100.0 * clashed / (xyz.shape[0] * len(residues))
+
+
+def superposed_rmsd(a, b) -> np.ndarray:
+    """Per-frame RMSD (nm) after optimal superposition (Kabsch) of a onto b; [F].
+
+    a, b : [F, N, 3] nm (or [N, 3]); the same as ``mdtraj.rmsd`` frame by frame.
+    """
+    from finegrain.platform.superposition import kabsch_rotations
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"a, b: expected equal shapes [F, N, 3], got {a.shape} and {b.shape}")
+    pa, pb = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    rot = kabsch_rotations(pa, pb)
+    aligned = np.einsum("fni,fji->fnj", pa, rot)  # (p R^T)
+    return np.sqrt(np.mean(np.sum((aligned - pb) ** 2, axis=-1), axis=-1))
+
+
+def diversity_score(samples, ref_xyz) -> float:
+    """FlowBack's diversity: 1 - mean sample-sample RMSD / mean sample-reference RMSD.
+
+    samples : [K >= 2, F, N, 3] nm, K reconstructions of the CG frames of
+    ref_xyz [F, N, 3] nm (paired frame by frame). RMSDs are superposed
+    (as ``mdtraj.rmsd``), averaged over frames and over all sample pairs
+    (numerator) or all samples (denominator). 0: samples differ from each
+    other as much as from the reference; 1: identical samples (no diversity);
+    independent errors of equal size give 1 - sqrt(2).
+    """
+    s = np.asarray(samples, dtype=np.float64)
+    if s.ndim != 4 or s.shape[-1] != 3 or s.shape[0] < 2:
+        raise ValueError(f"samples: expected shape [K >= 2, n_frames, n_atoms, 3], got {s.shape}")
+    ref = check_frames(ref_xyz, "ref_xyz", s.shape[2])
+    if ref.shape[0] != s.shape[1]:
+        raise ValueError(f"ref_xyz: expected {s.shape[1]} frames (one per sampled frame), got {ref.shape[0]}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("samples: non-finite coordinates")
+    between = np.mean([superposed_rmsd(s[a], s[b]) for a, b in combinations(range(s.shape[0]), 2)])
+    to_ref = np.mean([superposed_rmsd(s[k], ref) for k in range(s.shape[0])])
+    return float(1.0 - between / to_ref) if to_ref > 0 else float("nan")

@@ -16,12 +16,18 @@ When the backmapped dict has as many frames as the reference and no
 
 Metric names (flat, MLflow-safe; non-finite values are left out):
 ``rmsd_cg_nm``; ``js_bonds``, ``js_angles``, ``js_dihedrals``, ``js_bond_<class>``,
-``js_angle_<class>``; ``mean_bond_error_nm``, ``mae_bond_nm``; ``clash_fraction``,
-``clash_fraction_ref``; energies (see energy.py); ``kl_fes``, ``js_fes`` (ADP:
+``js_angle_<class>`` (with ``constraints``, constrained bonds are left out of
+``js_bonds`` and its classes); ``mae_constrained_bond_nm`` and
+``mae_constrained_bond_nm_ref`` (mean |d - r0| over frames and constrained
+pairs, nm; only with ``constraints``); ``mean_bond_error_nm``, ``mae_bond_nm``;
+``bond_score`` (FlowBack: fraction of bonds within 10 % of their mean reference
+length); ``clash_fraction``, ``clash_fraction_ref``; ``clash_score`` (FlowBack:
+% of residues with a heavy-atom contact < 0.12 nm); energies (see energy.py); ``kl_fes``, ``js_fes`` (ADP:
 Ramachandran; chignolin: 2-D TICA of the 45 CA-CA distances); ``msm_lag_ps``,
 ``msm_n_states``, ``msm_mutual_states``, ``its_ref_ps_i``, ``its_bm_ps_i``,
 ``its_ratio_i``, ``evec_cos_i`` (i = 1..3); velocities (see temporal.py);
-``diversity_rmsd_nm``.
+``diversity_rmsd_nm``; ``diversity_score`` (FlowBack: 1 - mean sample-sample
+RMSD / mean sample-reference RMSD, superposed; K >= 2 samples of paired frames).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
                     lag_ps: float | None = None, n_centres: int | None = None,
                     n_timescales: int = _kin.N_TIMESCALES, dt_ps: float | None = None,
                     energy_fn: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0,
-                    make_figures: bool = True) -> tuple[dict[str, float], dict]:
+                    make_figures: bool = True, constraints=None) -> tuple[dict[str, float], dict]:
     """Compare backmapped with reference AA frames; returns (metrics, figures).
 
     topology : mdtraj.Topology of N atoms; mapping : CGMapping [n, N];
@@ -88,6 +94,9 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
     (with a warning) when no trajectory is longer than twice the lag. dt_ps:
     time between frames when ``time_ps`` is absent (default 1 ps).
     energy_fn : [F, N, 3] nm -> [F] kJ/mol, used where energies are missing.
+    constraints : the reference's constrained distances, (pairs [C, 2] atom
+    indices, r0 [C] nm) or rows [C, 3] (i, j, r0 nm) as in the shard manifest;
+    None (unknown or none): every bond is scored by the JS.
     figures : {name: matplotlib Figure} (empty when ``make_figures`` is False).
     """
     if "aa_xyz_nm" not in reference:
@@ -97,6 +106,7 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
     n_atoms = topology.n_atoms
     if mapping.n_atoms != n_atoms:
         raise ValueError(f"mapping: has {mapping.n_atoms} atoms, topology has {n_atoms}")
+    cons = _st.check_constraints(constraints, n_atoms)
     ref = _st.check_frames(reference["aa_xyz_nm"], "reference['aa_xyz_nm']", n_atoms)
     bm = _st.check_frames(backmapped["aa_xyz_nm"], "backmapped['aa_xyz_nm']", n_atoms)
     paired = ref.shape[0] == bm.shape[0]
@@ -116,7 +126,7 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
 
     # bonded geometry, clashes
     for kind, single in (("bonds", "bond"), ("angles", "angle"), ("dihedrals", "dihedral")):
-        res = _st.internal_js(ref, bm, topology, kind)
+        res = _st.internal_js(ref, bm, topology, kind, exclude=None if cons is None else cons[0])
         if not res["ref"]:
             continue
         m[f"js_{kind}"] = res["js"]
@@ -124,9 +134,14 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
             m.update({_safe(f"js_{single}_{c}"): v for c, v in res["per_class"].items()})
         if make_figures:
             figs[kind] = plots.plot_internal_distributions(res["ref"], res["bm"], res["edges"], kind)
+    if cons is not None and cons[0].shape[0] > 0:
+        m["mae_constrained_bond_nm"] = _st.constrained_bond_mae(bm, cons)
+        m["mae_constrained_bond_nm_ref"] = _st.constrained_bond_mae(ref, cons)
     m.update(_st.bond_length_errors(ref, bm, topology))
+    m["bond_score"] = _st.bond_score(ref, bm, topology)
     m["clash_fraction"] = _st.clash_fraction(bm, topology)
     m["clash_fraction_ref"] = _st.clash_fraction(ref, topology)
+    m["clash_score"] = _st.clash_score(bm, topology)
 
     # energies
     e_ref, e_bm = _energies(reference, ref, energy_fn), _energies(backmapped, bm, energy_fn)
@@ -204,6 +219,8 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
     samples = backmapped.get("samples")
     if samples is not None and np.asarray(samples).ndim == 4 and np.asarray(samples).shape[0] >= 2:
         m["diversity_rmsd_nm"] = _st.diversity_rmsd(samples)
+        if np.asarray(samples).shape[1] == ref.shape[0]:  # paired: sample f reconstructs reference frame f
+            m["diversity_score"] = _st.diversity_score(samples, ref)
 
     metrics = {_safe(k): float(v) for k, v in m.items() if v is not None and np.isfinite(v)}
     return metrics, figs
