@@ -8,10 +8,27 @@ estimators are computed (:mod:`finegrain.platform.metrics.entropy`):
 
 - flow: held-out E[-ln q(X | Y)] (upper bound on H(X | Y)) and S_map (lower bound);
 - gauss: the Gaussian (linear-regression residual) bound on H(X | Y) and its S_map;
-- giulini: (beta^2 / 2) sum_R P(R) Var(U | R) over k-means clusters of CG frames.
+- giulini: (beta^2 / 2) sum_R P(R) Var(U | R) over k-means clusters of CG
+  frames, k doubled until the value moves by <= 5 %
+  (:func:`~finegrain.platform.metrics.entropy_checks.giulini_converged`).
 
-S_map is relative to the maximum-entropy fibre reference (see the entropy
-module): larger = more atomistic information thrown away.  MLflow: a parent
+Two different quantities, labelled apart everywhere: ``smap_flow`` and
+``smap_gauss`` are S_map' relative to the maximum-entropy Gaussian fibre
+reference (see the entropy module); ``smap_giulini`` is Giulini's S_map
+(uniform fibre reference, second-cumulant estimate).  Larger = more
+atomistic information thrown away.  ``h_cond_flow`` (held-out upper bound on
+H(X | Y), with a block-bootstrap 95 % CI) is logged for every mapping, and
+nested mappings are checked against each other
+(:func:`~finegrain.platform.metrics.entropy_checks.nested_flags`; a
+violation tags the coarser flow ``entropy.under_trained``).
+
+Refusals (InputError, exit 2 from the CLI): constrained data (X-H bonds
+fixed: H(X | Y) = -inf), known from the manifest's ``constraints`` when it
+carries them, else from the simulation's metadata.json next to the source
+trajectories, and in any case from the data (X-H lengths that do not
+fluctuate); and a split that leaves no held-out trajectory (the flow trains
+on whole trajectories, so frames are never split by time: held-out frames
+come from the test split, else the validation split, never from train).  MLflow: a parent
 run in ``experiment`` (comparison plot, table) and one nested child run per
 mapping (the flow's training run when trained here), params ``mapping``,
 ``n_beads``, ``fibre_dim``, entropies as metrics (nats per frame, ``*_per_dof``
@@ -31,14 +48,20 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["CompareConfig", "CompareResult", "compare_mappings", "remap_shards", "estimate_mapping",
-           "ranked_rows", "plot_comparison", "small_adp_comparison"]
+           "ranked_rows", "plot_comparison", "small_adp_comparison", "check_unconstrained", "heldout_split",
+           "nested_checks"]
 
 METRIC_KEYS = ("smap_flow", "smap_gauss", "smap_giulini", "h_cond_flow", "h_cond_gauss")
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Settings of one comparison.  budget: training steps per flow; eval_frames: held-out frames scored."""
+    """Settings of one comparison.
+
+    budget: training steps per flow; eval_frames: held-out frames scored;
+    n_clusters: first k of the energy-variance k-doubling check; giulini_tol:
+    its convergence tolerance (relative change from k to 2k).
+    """
 
     shards: Path
     system: str = "adp"
@@ -54,6 +77,7 @@ class CompareConfig:
     ode_steps: int = 10
     n_clusters: int = 20
     temperature_k: float = 300.0
+    giulini_tol: float = 0.05
     reuse: bool = True
     seed: int = 0
 
@@ -64,6 +88,8 @@ class CompareConfig:
             raise ValueError(f"budget: expected >= 1 training step, got {self.budget}")
         if self.eval_frames < 2:
             raise ValueError(f"eval_frames: expected >= 2, got {self.eval_frames}")
+        if not 0 < self.giulini_tol < 1:
+            raise ValueError(f"giulini_tol: expected a relative change in (0, 1), got {self.giulini_tol}")
         if self.divergence not in ("exact", "hutchinson"):
             raise ValueError(f"divergence: expected exact or hutchinson, got {self.divergence!r}")
 
@@ -122,14 +148,132 @@ def remap_shards(src: str | Path, mapping, out: str | Path) -> Path:
     return out
 
 
-def _heldout_frames(shards: Path, fractions, seed: int) -> tuple[dict, str]:
-    from finegrain.platform.shards import Manifest, read_frames, split_trajectories
+NO_CONSTRAINTS_HINT = ("simulate without them: `finegrain simulate SYSTEM --out DIR --no-constraints --timestep-fs 1` "
+                       "(all bonds free needs a step <= 1 fs), then `finegrain ingest` that folder")
 
-    splits = split_trajectories(Manifest.load(shards), tuple(fractions), seed)
-    for name in ("test", "validation", "train"):
+
+def declared_constraints(man, folder: str | Path | None = None) -> tuple[str | None, str]:
+    """What the data's provenance says about bond constraints: (description, source).
+
+    description: a non-empty string naming the constraints when the data are
+    constrained, "" when declared free, None when nothing says.  Looks at the
+    manifest's ``constraints`` (constrained atom pairs [M, 2], or a name,
+    or a dict with ``type``/``pairs``) when present, else at the
+    ``metadata.json`` of the ``finegrain simulate`` folder each source
+    trajectory came from (its ``constraints``: "HBonds" or null).
+    """
+    cons = getattr(man, "constraints", None)
+    if cons is not None:
+        if isinstance(cons, str):
+            return (f"{cons} constraints" if cons.strip() and cons.lower() != "none" else ""), "manifest"
+        if isinstance(cons, dict):
+            pairs = cons.get("pairs", cons.get("atom_pairs", []))
+            kind = cons.get("type", cons.get("kind", cons.get("name")))
+            if kind in (None, "", "none", "None") and not pairs:
+                return "", "manifest"
+            return f"{kind or 'bond'} constraints on {len(pairs)} atom pairs", "manifest"
+        pairs = list(cons)
+        return (f"{len(pairs)} constrained atom pairs (e.g. atoms {list(pairs[0])})" if pairs else ""), "manifest"
+    found = {}
+    for key, src in sorted(getattr(man, "sources", {}).items()):
+        meta = Path(str(src)).parent / "metadata.json"
+        if key == "aa_digest" or meta in found or not meta.is_file():
+            continue
+        try:
+            d = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        found[meta] = d.get("constraints", d.get("config", {}).get("constraints"))
+    bad = {m: c for m, c in found.items() if c not in (None, "", "None", "none")}
+    if bad:
+        meta, kind = next(iter(bad.items()))
+        return f"constraints={kind} (X-H bonds fixed) in the simulation metadata {meta}", "simulation metadata"
+    return ("" if found else None), ("simulation metadata" if found else "none")
+
+
+def check_unconstrained(folder: str | Path, max_frames: int = 200) -> None:
+    """Raise InputError (one line, naming the constraint and the fix) when ``folder``'s data are constrained.
+
+    Provenance first (:func:`declared_constraints`), then the data: X-H
+    bonds whose length std across up to ``max_frames`` frames of the first
+    shards is below :data:`~finegrain.platform.metrics.entropy_checks.CONSTRAINED_STD_NM`
+    (at least half of them, so a rare stiff bond does not count).
+    """
+    import pyarrow.parquet as pq
+
+    from finegrain.platform.metrics.entropy_checks import CONSTRAINED_STD_NM, fixed_length_xh_bonds
+    from finegrain.platform.shards import Manifest
+    from finegrain.platform.validation import InputError
+
+    folder = Path(folder)
+    man = Manifest.load(folder)
+    what, source = declared_constraints(man, folder)
+    if what:
+        raise InputError(f"shards {folder}: constrained data ({what}, from the {source}); with bonds "
+                         f"constrained H(X|Y) -> -inf and mapping entropies are meaningless; {NO_CONSTRAINTS_HINT}")
+    chunks, n = [], 0
+    for s in man.shards:
+        if n >= max_frames:
+            break
+        col = pq.read_table(folder / s.path, columns=["aa_xyz_nm"]).column("aa_xyz_nm").combine_chunks()
+        chunks.append(col.values.to_numpy(zero_copy_only=False).reshape(-1, man.n_atoms, 3))
+        n += len(chunks[-1])
+    if n < 3:
+        return
+    fixed, std = fixed_length_xh_bonds(np.concatenate(chunks)[:max_frames], _hydrogens(folder, man))
+    if std.size and len(fixed) * 2 >= std.size:
+        i, j = map(int, fixed[0])
+        raise InputError(f"shards {folder}: constrained data ({len(fixed)} of {std.size} X-H bond lengths do not "
+                         f"fluctuate, std < {CONSTRAINED_STD_NM:g} nm, e.g. atoms {i}-{j}: X-H bonds constrained); "
+                         f"then H(X|Y) -> -inf and mapping entropies are meaningless; {NO_CONSTRAINTS_HINT}")
+
+
+def _hydrogens(folder: Path, man) -> np.ndarray:
+    """is_hydrogen [N] from the folder's topology PDB (elements), else from atom names."""
+    try:
+        import mdtraj as md
+
+        top = md.load_topology(str(folder / man.topology_pdb))
+        if top.n_atoms == man.n_atoms:
+            return np.array([a.element is not None and a.element.symbol == "H" for a in top.atoms])
+    except Exception:  # no or unreadable topology: fall back on names
+        pass
+    return np.array([name.strip().upper().startswith("H") for name in man.atom_names])
+
+
+def heldout_split(man, fractions, seed: int, folder: str | Path = "") -> tuple[list[str], str, list[str]]:
+    """(held-out trajectory ids, split name, training ids) of the flow's trajectory split.
+
+    Held-out = the test split, else the validation split; never training
+    trajectories.  Raises InputError when the split leaves none (e.g. fewer
+    than 3 trajectories with the default fractions): the flow trains on whole
+    trajectories, so there is no honest held-out set then.
+    """
+    from finegrain.platform.shards import split_trajectories
+    from finegrain.platform.validation import InputError
+
+    splits = split_trajectories(man, tuple(fractions), seed)
+    for name in ("test", "validation"):
         if splits[name]:
-            return read_frames(shards, splits[name]), name
-    raise ValueError(f"shards {shards}: no trajectory")
+            if set(splits[name]) & set(splits["train"]):  # cannot happen with split_trajectories; guard anyway
+                raise RuntimeError(f"split {name} shares trajectories with train")
+            return list(splits[name]), name, list(splits["train"])
+    raise InputError(f"shards {folder}: the flow's split (data.fractions={list(fractions)}, data.seed={seed}) of "
+                     f"{man.n_trajectories} trajectories leaves no held-out trajectory, and H(X|Y) must be scored on "
+                     f"trajectories the flow never trained on; simulate >= 3 replicas (`finegrain simulate ... "
+                     f"--replicas 3`) or give validation/test a trajectory (e.g. --set 'data.fractions=[0.5, 0.5, 0.0]')")
+
+
+def _recorded_train_ids(backmapper) -> set[str] | None:
+    """Training trajectory ids the backmapper recorded, where it records them (else None)."""
+    for attr in ("training_split", "split", "data_split"):
+        rec = getattr(backmapper, attr, None)
+        if isinstance(rec, dict):
+            ids = rec.get("train", rec.get("train_ids", rec.get("trajectories", {}).get("train")
+                                           if isinstance(rec.get("trajectories"), dict) else None))
+            if ids:
+                return set(map(str, ids))
+    return None
 
 
 # ----------------------------------------------------------------------------------------- estimators
@@ -137,9 +281,15 @@ def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareCo
     """All estimators for one mapping: nats per frame and per atomistic dof (``*_per_dof``).
 
     heldout / all_frames: :func:`~finegrain.platform.shards.read_frames` columns
-    (aa_xyz_nm [F, N, 3], cg_xyz_nm [F, n, 3], energy_kj_mol [F]).
+    (aa_xyz_nm [F, N, 3], cg_xyz_nm [F, n, 3], energy_kj_mol [F]), sorted by
+    (traj_id, frame).  ``h_cond_flow_ci_low/high``: block-bootstrap 95 % CI of
+    the held-out bound (blocks of consecutive scored frames).  Energy
+    variance: ``giulini_*`` report the k-doubling check (k, 2k, both values,
+    relative change, converged 0/1); ``smap_giulini`` is the value at the
+    finest k (an upper bound in expectation when not converged).
     """
     from finegrain.platform.metrics import entropy as ent
+    from finegrain.platform.metrics.entropy_checks import block_bootstrap_ci, giulini_converged
 
     c = np.asarray(backmapper.mapping.matrix)
     n_atoms = c.shape[1]
@@ -153,8 +303,9 @@ def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareCo
     nll = -backmapper.log_likelihood(aa[pick], cg[pick], seed=cfg.seed, divergence=cfg.divergence,
                                      n_probes=cfg.n_probes, method="rk4", steps=cfg.ode_steps)
     fl = ent.flow_estimates(nll, msd, dim, n_atoms)
-    out.update({"h_cond_flow": fl["h_cond"], "h_cond_flow_se": fl["h_cond_se"], "smap_flow": fl["smap"],
-                "msd_anchor_nm2": msd})
+    _, lo, hi = block_bootstrap_ci(nll, n_blocks=20, seed=cfg.seed)
+    out.update({"h_cond_flow": fl["h_cond"], "h_cond_flow_se": fl["h_cond_se"], "h_cond_flow_ci_low": lo,
+                "h_cond_flow_ci_high": hi, "smap_flow": fl["smap"], "msd_anchor_nm2": msd})
     a_all, c_all = all_frames["aa_xyz_nm"], all_frames["cg_xyz_nm"]
     try:
         hg = ent.gaussian_bound_from_samples(a_all, c_all, c)
@@ -164,13 +315,42 @@ def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareCo
         out["h_cond_gauss"] = out["smap_gauss"] = float("nan")
     energy = np.asarray(all_frames["energy_kj_mol"], dtype=np.float64)
     if np.all(np.isfinite(energy)) and energy.size >= 2:
-        g = ent.giulini_smap(energy, c_all, cfg.temperature_k, n_clusters=cfg.n_clusters, seed=cfg.seed)
-        out["smap_giulini"], out["giulini_clusters"] = g["smap"], g["n_clusters"]
+        g = giulini_converged(energy, c_all, cfg.temperature_k, k_start=cfg.n_clusters, tol=cfg.giulini_tol,
+                              seed=cfg.seed)
+        out.update({"smap_giulini": g["smap"], "giulini_clusters": g["clusters"], "giulini_k": g["k"],
+                    "giulini_k2": g["k2"], "giulini_smap_k": g["smap_k"], "giulini_smap_2k": g["smap_2k"],
+                    "giulini_rel_change": g["rel_change"], "giulini_converged": float(g["converged"])})
     else:
         out["smap_giulini"] = float("nan")
     for k in METRIC_KEYS:
         out[f"{k}_per_dof"] = ent.per_dof(out[k], n_atoms)
+    for k in ("h_cond_flow_ci_low", "h_cond_flow_ci_high"):
+        out[f"{k}_per_dof"] = ent.per_dof(out[k], n_atoms)
     return out
+
+
+def nested_checks(matrices: dict[str, np.ndarray], rows: list[dict[str, Any]], aa_xyz) -> list[dict]:
+    """The H(X | Y) consistency check of every nested pair of mappings (see ``entropy_checks``).
+
+    matrices: mapping -> C [n, N]; rows: comparison rows (``h_cond_flow``,
+    ``h_cond_flow_ci_low/high``, nats/frame); aa_xyz [F, N, 3] nm: the
+    held-out AA frames (the link H(Y_f | Y_c) is bounded on them).
+    Returns :func:`~finegrain.platform.metrics.entropy_checks.nested_flags` rows.
+    """
+    from finegrain.platform.metrics.entropy_checks import chain_rule_link, nested_flags, nesting_matrix
+
+    by = {r["mapping"]: r for r in rows}
+    links = {}
+    for coarse, cc in matrices.items():
+        for fine, cf in matrices.items():
+            if coarse != fine and nesting_matrix(cc, cf) is not None:
+                try:
+                    links[(coarse, fine)] = chain_rule_link(aa_xyz, cc, cf)["link"]
+                except ValueError:  # too few frames for the link's covariance
+                    continue
+    h = {m: r["h_cond_flow"] for m, r in by.items()}
+    hw = {m: 0.5 * (r["h_cond_flow_ci_high"] - r["h_cond_flow_ci_low"]) for m, r in by.items()}
+    return nested_flags(h, hw, links)
 
 
 def ranked_rows(rows: list[dict[str, Any]], key: str = "smap_flow") -> list[dict[str, Any]]:
@@ -180,23 +360,42 @@ def ranked_rows(rows: list[dict[str, Any]], key: str = "smap_flow") -> list[dict
 
 
 def plot_comparison(rows: list[dict[str, Any]]):
-    """Bar chart of S_map per atomistic dof (three estimators) and H(X|Y) bounds per mapping (Agg Figure)."""
+    """Three panels per mapping (Agg Figure), one quantity each, nats per atomistic dof.
+
+    (a) S_map' w.r.t. the maxent Gaussian fibre reference (flow lower bound,
+    Gaussian estimate); (b) Giulini's energy-variance S_map at the k reached
+    by the doubling check (hatched: not converged, an upper bound); (c)
+    H(X | Y) upper bounds (flow with its 95 % CI, Gaussian).
+    """
     from finegrain.platform.plots import new_figure
 
-    fig = new_figure(10, 4)
-    ax1, ax2 = fig.subplots(1, 2)
-    names = [r["mapping"] for r in rows]
+    fig = new_figure(14, 4)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
     x = np.arange(len(rows))
-    for i, (k, label) in enumerate((("smap_flow", "flow"), ("smap_gauss", "Gaussian"),
-                                    ("smap_giulini", "energy variance"))):
-        ax1.bar(x + (i - 1) * 0.27, [r[f"{k}_per_dof"] for r in rows], 0.27, label=label)
-    ax1.set_ylabel("S_map (nats per atomistic dof)")
-    for i, (k, label) in enumerate((("h_cond_flow", "flow E[-ln q]"), ("h_cond_gauss", "Gaussian bound"))):
-        ax2.bar(x + (i - 0.5) * 0.4, [r[f"{k}_per_dof"] for r in rows], 0.4, label=label)
-    ax2.set_ylabel("H(X|Y) upper bounds (nats per dof, nm)")
-    for ax in (ax1, ax2):
-        ax.set_xticks(x, [f"{n}\n({r['n_beads']} beads)" for n, r in zip(names, rows)])
-        ax.legend(fontsize=8)
+    for i, (k, label) in enumerate((("smap_flow", "flow (lower bound)"), ("smap_gauss", "Gaussian"))):
+        ax1.bar(x + (i - 0.5) * 0.4, [r[f"{k}_per_dof"] for r in rows], 0.4, label=label)
+    ax1.set_title("S_map' (maxent Gaussian fibre reference)", fontsize=9)
+    for xi, r in zip(x, rows):
+        conv = r.get("giulini_converged", 0.0) == 1.0
+        ax2.bar(xi, r["smap_giulini_per_dof"], 0.5, color="tab:green", hatch=None if conv else "//",
+                label=None if xi else "energy variance")
+        if math.isfinite(r.get("giulini_k2", float("nan"))):
+            ax2.annotate(f"k={r['giulini_k2']:.0f}{'' if conv else ' (not conv.)'}", (xi, r["smap_giulini_per_dof"]),
+                         ha="center", va="bottom", fontsize=7)
+    ax2.set_title("S_map (Giulini energy variance, uniform reference)", fontsize=9)
+    hf = np.array([r["h_cond_flow_per_dof"] for r in rows])
+    err = np.array([[r["h_cond_flow_per_dof"] - r["h_cond_flow_ci_low_per_dof"],
+                     r["h_cond_flow_ci_high_per_dof"] - r["h_cond_flow_per_dof"]] for r in rows]).T
+    ax3.bar(x - 0.2, hf, 0.4, yerr=np.nan_to_num(err), capsize=3, label="flow E[-ln q] (95 % CI)")
+    ax3.bar(x + 0.2, [r["h_cond_gauss_per_dof"] for r in rows], 0.4, label="Gaussian bound")
+    for xi, r in zip(x, rows):
+        if r.get("under_trained"):
+            ax3.annotate("under-trained", (xi - 0.2, hf[xi]), ha="center", va="top", fontsize=7, color="red")
+    ax3.set_title("H(X|Y) upper bounds (fibre measure in nm)", fontsize=9)
+    for ax in (ax1, ax2, ax3):
+        ax.set_ylabel("nats per atomistic dof")
+        ax.set_xticks(x, [f"{r['mapping']}\n({r['n_beads']} beads)" for r in rows])
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -237,15 +436,19 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
     man = Manifest.load(src)
     system = get_system(cfg.system)
     mappings = {name: system.mapping(name) for name in cfg.mappings}  # fail early on an unknown name
+    check_unconstrained(src)  # before anything is trained or logged
+    tcfg0 = _flow_config(cfg, src, cfg.mappings[0], None)
+    held_ids, split, train_ids = heldout_split(man, tcfg0.data.fractions, tcfg0.data.seed, src)
     work = Path(cfg.work_dir or stack_home() / "entropy").resolve() / man.digest
     uri = tracking_uri()
     parent = tracking.start_run(cfg.experiment, {"system": cfg.system, "mappings": ",".join(cfg.mappings),
                                                  "budget": cfg.budget, "eval_frames": cfg.eval_frames,
                                                  "divergence": cfg.divergence, "n_probes": cfg.n_probes,
-                                                 "n_clusters": cfg.n_clusters, "temperature_k": cfg.temperature_k},
+                                                 "n_clusters": cfg.n_clusters, "temperature_k": cfg.temperature_k,
+                                                 "giulini_tol": cfg.giulini_tol, "heldout_split": split},
                                 {"dataset_digest": man.digest, "system": cfg.system, "kind": "entropy-compare"},
                                 run_name=f"compare-{cfg.system}", uri=uri)
-    rows, children = [], {}
+    rows, children, heldout_aa = [], {}, None
     try:
         for name, mapping in mappings.items():
             shards = remap_shards(src, mapping, work / name / "shards")
@@ -272,18 +475,41 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
                     client.log_param(child, key, val)
                 except Exception:  # already logged with the same value by the trainer
                     pass
+            recorded = _recorded_train_ids(bm)
+            if recorded is not None and recorded & set(held_ids):
+                raise RuntimeError(f"{name}: held-out trajectories {sorted(recorded & set(held_ids))} were "
+                                   f"training data of {model_dir}")
             fr_all = read_frames(shards)
-            heldout, split = _heldout_frames(shards, tcfg.data.fractions, tcfg.data.seed)
+            heldout = read_frames(shards, held_ids)
+            heldout_aa = heldout["aa_xyz_nm"] if heldout_aa is None else heldout_aa
             est = estimate_mapping(bm, heldout, fr_all, cfg)
             client.log_batch(child, metrics=[_metric(k, v) for k, v in est.items() if math.isfinite(v)])
             client.set_tag(child, "entropy.heldout_split", split)
+            client.set_tag(child, "entropy.heldout_trajectories", ",".join(held_ids))
             row = {"mapping": name, "n_beads": mapping.n_beads, "run_id": child, "heldout_split": split, **est}
             rows.append(row)
             children[name] = child
-            echo(f"{name}: S_map flow {est['smap_flow']:.3f}, Gaussian {est['smap_gauss']:.3f}, "
-                 f"energy variance {est['smap_giulini']:.3f} nats/frame")
+            conv = "converged" if est.get("giulini_converged") == 1.0 else "NOT converged (upper bound)"
+            echo(f"{name}: H(X|Y) flow bound {est['h_cond_flow']:.2f} [{est['h_cond_flow_ci_low']:.2f}, "
+                 f"{est['h_cond_flow_ci_high']:.2f}] nats/frame on {len(held_ids)} held-out ({split}) trajectories; "
+                 f"S_map flow' (maxent-Gaussian ref.) {est['smap_flow']:.3f}, Gaussian' {est['smap_gauss']:.3f}; "
+                 f"S_map energy variance {est['smap_giulini']:.3f} nats/frame")
+            if "giulini_k" in est:
+                echo(f"{name}: energy-variance k-doubling: S(k={est['giulini_k']:.0f}) = {est['giulini_smap_k']:.3f}, "
+                     f"S(2k={est['giulini_k2']:.0f}) = {est['giulini_smap_2k']:.3f}, relative change "
+                     f"{100 * est['giulini_rel_change']:.1f} % (tolerance {100 * cfg.giulini_tol:.0f} %): {conv}")
+        checks = nested_checks({n: np.asarray(m.matrix) for n, m in mappings.items()}, rows, heldout_aa)
+        flagged = sorted({c["coarse"] for c in checks if c["violated"]})
+        for c in checks:
+            verdict = "VIOLATED: under-trained" if c["violated"] else "ok"
+            echo(f"nested {c['coarse']} within {c['fine']}: H(X|Y_c) bound {c['h_coarse']:.2f} vs composite "
+                 f"{c['h_fine'] + c['link']:.2f} (fine bound + Gaussian H(Y_f|Y_c)), excess {c['excess']:.2f} "
+                 f"+- {c['margin']:.2f}: {verdict} ({c['coarse']})")
+        for r in rows:
+            r["under_trained"] = r["mapping"] in flagged
+            mlflow.MlflowClient(uri).set_tag(r["run_id"], "entropy.under_trained", str(r["under_trained"]).lower())
         rows = ranked_rows(rows)
-        plot_path, table_path = _log_parent(parent, rows, uri)
+        plot_path, table_path = _log_parent(parent, rows, uri, checks, flagged)
         tracking.end_run(parent, uri=uri)
     except BaseException:
         tracking.end_run(parent, failed=True, uri=uri)
@@ -299,7 +525,8 @@ def _metric(key: str, value: float):
     return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
-def _log_parent(parent: str, rows: list[dict], uri: str) -> tuple[Path, Path]:
+def _log_parent(parent: str, rows: list[dict], uri: str, checks: list[dict] = (),
+                flagged: list[str] = ()) -> tuple[Path, Path]:
     import tempfile
 
     import mlflow
@@ -310,20 +537,29 @@ def _log_parent(parent: str, rows: list[dict], uri: str) -> tuple[Path, Path]:
     plot = tmp / "mapping_entropy.png"
     fig.savefig(plot, dpi=120)
     table = tmp / "mapping_entropy.json"
-    table.write_text(json.dumps(rows, indent=1, default=float))
+    table.write_text(json.dumps({"rows": rows, "nested_checks": list(checks)}, indent=1, default=float))
     client.log_artifact(parent, str(plot))
     client.log_artifact(parent, str(table))
     for r in rows:
-        client.log_metric(parent, f"{r['mapping']}.smap_flow_per_dof", r["smap_flow_per_dof"])
+        for key in ("smap_flow_per_dof", "h_cond_flow", "h_cond_flow_ci_low", "h_cond_flow_ci_high"):
+            if math.isfinite(r[key]):
+                client.log_metric(parent, f"{r['mapping']}.{key}", r[key])
     client.set_tag(parent, "ranking", ",".join(r["mapping"] for r in rows))
+    client.set_tag(parent, "entropy.nested_check", ("violated" if flagged else "ok") if checks else "no nested pair")
+    client.set_tag(parent, "entropy.under_trained", ",".join(flagged) or "none")
     return plot, table
 
 
 def small_adp_comparison(shards: str | Path, budget: int = 300, mappings: tuple[str, ...] = ("backbone6", "ca"),
                          echo: Callable[[str], None] = print, **kwargs) -> CompareResult:
-    """A small ADP comparison for the demo: smoke-sized flows, in-process training, Hutchinson likelihoods."""
+    """A small ADP comparison for the demo: smoke-sized flows, in-process training, Hutchinson likelihoods.
+
+    Splits trajectories half/half (train/validation), so two replicas leave
+    one held-out trajectory.
+    """
     over = ("model.preset=smoke", "training.num_workers=0", "training.progress=false", "training.eval_every=100000",
-            "training.checkpoint_every=100000", *kwargs.pop("overrides", ()))
+            "training.checkpoint_every=100000", "data.fractions=[0.5, 0.5, 0.0]",  # 2 replicas: one held out
+            *kwargs.pop("overrides", ()))
     cfg = CompareConfig(shards=Path(shards), system="adp", mappings=tuple(mappings), budget=budget, overrides=over,
                         eval_frames=kwargs.pop("eval_frames", 64), **kwargs)
     return compare_mappings(cfg, echo=echo)
