@@ -3,8 +3,13 @@
 Each input trajectory (any format mdtraj reads) is read in chunks by a Ray
 Data task, checked (atom count, finite coordinates, nm units), mapped to CG
 with the mapping matrix and written as one shard per chunk. The manifest
-(counts, names, mapping, per-shard sha256) is written last and the folder is
-renamed into place only when everything succeeded.
+(counts, names, mapping, per-shard sha256, the simulation's constrained
+distances) is written last and the folder is renamed into place only when
+everything succeeded.
+
+Constraints are carried, not guessed: trajectories from ``finegrain simulate``
+bring the constrained pairs recorded in its ``metadata.json``; external
+trajectories have none unless given (``ingest(constraints=...)``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from finegrain.platform.mapping import CGMapping
 from finegrain.platform.shards import Manifest, ShardInfo, frames_table, sha256_file
 from finegrain.platform.validation import InputError, check_units_nm, check_xyz
 
-__all__ = ["TrajectorySource", "sources_from_simulation", "ingest", "IngestError"]
+__all__ = ["TrajectorySource", "sources_from_simulation", "constraints_from_simulation", "ingest", "IngestError",
+           "FROM_SOURCES"]
+
+#: ``ingest(constraints=FROM_SOURCES)``: take the constraint record from the sources' simulation metadata.
+FROM_SOURCES = "from-sources"
 
 
 class IngestError(InputError):
@@ -33,11 +42,14 @@ class IngestError(InputError):
 @dataclass(frozen=True)
 class TrajectorySource:
     """One trajectory file; ``observables`` is an optional NPZ with
-    ``time_ps`` [F], ``potential_kj_mol`` [F], ``forces_kj_mol_nm`` [F, N, 3]."""
+    ``time_ps`` [F], ``potential_kj_mol`` [F], ``forces_kj_mol_nm`` [F, N, 3];
+    ``simulation`` the ``finegrain simulate`` folder it came from (its
+    metadata.json says which distances were constrained), None for external files."""
 
     traj_id: str
     path: str
     observables: str | None = None
+    simulation: str | None = None
 
 
 def sources_from_simulation(sim_dir: str | Path) -> tuple[str, str, list[TrajectorySource]]:
@@ -52,10 +64,50 @@ def sources_from_simulation(sim_dir: str | Path) -> tuple[str, str, list[Traject
             traj_id=f"{meta['system']}-s{meta['config']['seed']}-r{r['replica']:03d}",
             path=str(sim_dir / r["trajectory"]),
             observables=str(sim_dir / r["observables"]),
+            simulation=str(sim_dir),
         )
         for r in meta["replicas"]
     ]
     return str(sim_dir / "topology.pdb"), meta["system"], sources
+
+
+def constraints_from_simulation(sim_dir: str | Path) -> list[list] | None:
+    """The constrained distances [[i, j, r0_nm], ...] a ``finegrain simulate`` folder recorded.
+
+    [] when it ran without constraints; None (unknown) for an older folder
+    that names constraints ("HBonds") but did not record the pairs.
+    """
+    meta_path = Path(sim_dir) / "metadata.json"
+    if not meta_path.is_file():
+        raise IngestError(f"SIM_DIR {sim_dir}: no metadata.json (not a finegrain simulate output)")
+    meta = json.loads(meta_path.read_text())
+    if "constrained_pairs" in meta:
+        return [[int(i), int(j), float(r0)] for i, j, r0 in meta["constrained_pairs"]]
+    return [] if meta.get("constraints") is None else None
+
+
+def _constraint_rows(constraints, sources: list[TrajectorySource], n_atoms: int) -> list[list] | None:
+    """The manifest's constraint record: given explicitly, or the one every source's simulation recorded."""
+    if constraints == FROM_SOURCES:
+        records = {}
+        for src in sources:
+            rec = constraints_from_simulation(src.simulation) if src.simulation else None
+            records.setdefault(json.dumps(rec), (src, rec))
+        if len(records) > 1:
+            (a, _), (b, _) = list(records.values())[:2]
+            raise IngestError(f"traj: trajectories {a.traj_id} and {b.traj_id} come with different constraint records "
+                              f"(simulations {a.simulation} and {b.simulation}); ingest them separately or pass "
+                              f"constraints explicitly")
+        constraints = next(iter(records.values()))[1]
+    if constraints is None:
+        return None
+    rows = []
+    for row in constraints:
+        if len(row) != 3 or not (0 <= int(row[0]) < n_atoms and 0 <= int(row[1]) < n_atoms) or not float(row[2]) > 0:
+            raise IngestError(f"constraints: expected rows [i, j, r0_nm] with atoms in 0..{n_atoms - 1} and "
+                              f"r0 > 0, got {row}")
+        rows.append([int(row[0]), int(row[1]), float(row[2])])
+    return rows
 
 
 def _safe(name: str) -> str:
@@ -170,8 +222,14 @@ def ingest(
     system: str = "custom",
     chunk_frames: int = 1000,
     overwrite: bool = False,
+    constraints: list | None | str = FROM_SOURCES,
 ) -> Manifest:
     """Shard ``sources`` into ``out`` with Ray Data; returns the manifest.
+
+    constraints : the distance constraints the trajectories were simulated
+    with, rows [i, j, r0_nm] (None: unknown, treated as none). Default: from
+    each source's simulation metadata (None for external files); sources
+    with different records are refused.
 
     Needs a connected Ray. Raises IngestError (naming the file/frame) on bad
     input; nothing is left at ``out`` then.
@@ -196,6 +254,7 @@ def ingest(
         raise IngestError(f"mapping '{mapping.name}' expects {mapping.n_atoms} atoms, topology {topology} has {top.n_atoms}")
     for src in sources:
         _check_source(src, top, top.n_atoms)
+    constraint_rows = _constraint_rows(constraints, sources, top.n_atoms)
 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "shards").mkdir(parents=True)
@@ -228,6 +287,7 @@ def ingest(
             shards=shards,
             sources={s.traj_id: str(Path(s.path).resolve()) for s in sources},
             has_energies=all(s.observables for s in sources),
+            constraints=constraint_rows,
         )
         manifest.save(tmp)
         if out.exists():

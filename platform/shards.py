@@ -134,6 +134,10 @@ class Manifest:
     sources: dict[str, str] = field(default_factory=dict)  # traj_id -> source file
     topology_pdb: str = "topology.pdb"
     has_energies: bool = False
+    #: Distance constraints of the simulation that made the frames: [[i, j, r0_nm], ...] atom
+    #: indices and length (nm), from its metadata.json. None: unknown (older manifests, external
+    #: trajectories) and then treated as nothing constrained; []: known to be unconstrained.
+    constraints: list[list] | None = None
     schema_version: int = 1
 
     def save(self, folder: str | Path) -> None:
@@ -146,7 +150,17 @@ class Manifest:
             raise FileNotFoundError(f"shard folder {folder}: no {MANIFEST} (not an ingest output, or incomplete)")
         d = json.loads(path.read_text())
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
+        cons = d.get("constraints")
+        if cons is not None and (not isinstance(cons, list) or any(not isinstance(r, list) or len(r) != 3 for r in cons)):
+            raise ValueError(f"{path}: 'constraints' must be a list of [i, j, r0_nm] rows or null")
         return cls(**d)
+
+    def constraint_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(pairs [C, 2] int, r0 [C] float64 nm) of :attr:`constraints`, or None when unknown."""
+        if self.constraints is None:
+            return None
+        rows = np.asarray(self.constraints, dtype=np.float64).reshape(-1, 3)
+        return rows[:, :2].astype(int), rows[:, 2].copy()
 
     @property
     def digest(self) -> str:

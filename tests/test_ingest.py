@@ -187,3 +187,55 @@ def test_cli_ingest_reports_errors_in_one_line(stack, tmp_path, adp_sim):
     assert r.returncode == 0, r.stderr
     assert Manifest.load(tmp_path / "o").n_beads == 10
     shutil.rmtree(tmp_path / "o")
+
+
+# -- constraints: read from the simulation, carried in the manifest, never guessed ----------
+
+def test_manifest_carries_the_simulations_constraints(adp_shards, adp_sim, tmp_path):
+    import json
+
+    from finegrain.datasets.ingest import constraints_from_simulation
+    from finegrain.datasets.simulate import constraint_record
+
+    man = Manifest.load(adp_shards)
+    meta = json.loads((adp_sim / "metadata.json").read_text())
+    assert meta["constraints"] == "HBonds" and man.constraints == meta["constrained_pairs"]
+    # OpenMM's HBonds constraint count equals the number of X-H bonds of ADP (counted from elements)
+    top = md.load_topology(str(adp_shards / man.topology_pdb))
+    x_h = {tuple(sorted((a.index, b.index))) for a, b in top.bonds if (a.element.symbol == "H") != (b.element.symbol == "H")}
+    system = get_system("adp").create_system(constraints="HBonds")
+    assert system.getNumConstraints() == len(x_h) == 12 == len(man.constraints)
+    assert man.constraints == constraint_record(system)
+    pairs, r0 = man.constraint_arrays()
+    assert {tuple(p) for p in pairs.tolist()} == x_h
+    xyz = read_frames(adp_shards)["aa_xyz_nm"].astype(np.float64)
+    d = np.linalg.norm(xyz[:, pairs[:, 0]] - xyz[:, pairs[:, 1]], axis=-1)
+    assert np.abs(d - r0).max() < 1e-5  # the shards' frames do hold them at r0 (float32 storage)
+    # round trip, and an older manifest without the field loads as "unknown"
+    man.save(tmp_path)
+    assert Manifest.load(tmp_path).constraints == man.constraints
+    old = json.loads((adp_shards / "manifest.json").read_text())
+    del old["constraints"]
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    assert Manifest.load(tmp_path).constraints is None and Manifest.load(tmp_path).constraint_arrays() is None
+    # an older simulation folder: "HBonds" without the pairs is unknown; no constraints is known-empty
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "metadata.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "constrained_pairs"}))
+    assert constraints_from_simulation(sim) is None
+    (sim / "metadata.json").write_text(json.dumps({**meta, "constraints": None, "constrained_pairs": []}))
+    assert constraints_from_simulation(sim) == []
+
+
+def test_external_trajectories_have_no_constraints_unless_given(stack, tmp_path, adp_sim):
+    top, system, sources = sources_from_simulation(adp_sim)
+    external = [TrajectorySource(s.traj_id, s.path) for s in sources]  # no simulation folder: nothing known
+    mapping = get_system(system).mapping("backbone6")
+    assert ingest(top, external[:1], mapping, tmp_path / "a", system=system).constraints is None
+    given = [[0, 1, 0.109], [6, 7, 0.101]]
+    assert ingest(top, external[:1], mapping, tmp_path / "b", system=system, constraints=given).constraints == given
+    with pytest.raises(IngestError, match="constraints"):
+        ingest(top, external[:1], mapping, tmp_path / "c", constraints=[[0, 99, 0.1]])
+    with pytest.raises(IngestError, match="different constraint records"):
+        ingest(top, [sources[0], external[1]], mapping, tmp_path / "d")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
