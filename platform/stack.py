@@ -273,8 +273,11 @@ class LocalStack:
         return stopped
 
 
-def connect_ray(home: str | Path | None = None):
+def connect_ray(home: str | Path | None = None, namespace: str | None = None):
     """Connect this process to Ray: the current job's cluster, or the local stack.
+
+    namespace : the Ray namespace of this driver's job (None: an anonymous one);
+        ignored when Ray is already initialised here.
 
     Inside a Ray job (``RAY_ADDRESS`` set by the job supervisor) or when Ray is
     already initialised, that connection is used; otherwise the stack's state
@@ -285,11 +288,11 @@ def connect_ray(home: str | Path | None = None):
     if ray.is_initialized():
         return
     if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, namespace=namespace)
         return
     st = LocalStack(home).require()
     use_token(st)
-    ray.init(address=st.ray_address, log_to_driver=True)
+    ray.init(address=st.ray_address, log_to_driver=True, namespace=namespace)
 
 
 def use_token(st: StackState) -> None:

@@ -15,24 +15,41 @@ State: ``<storage>/<spec name>/<stamp>/`` is the Tune experiment;
 ``--resume`` restores the latest one (``Tuner.restore``: finished trials are
 kept, unfinished ones rerun; a child run left unfinished by the interruption
 is deleted before its trial reruns, so no trial has two child runs).
+
+Interruptions: the driver joins the Ray namespace of its sweep
+(:mod:`finegrain.sweeps.leftovers`). SIGTERM is handled as Ctrl-C (Tune saves
+its state and stops the trials); whatever the driver's job still has alive
+after Tune returns (a Train controller retrying its worker group, a worker
+group) is killed, and the driver waits until the cluster's CPUs are free
+again. ``--resume`` first stops the leftovers of earlier drivers of the same
+sweep whose jobs are dead (a killed driver), and refuses while one is still
+running. A trial waits at most ``resources.wait_s`` for its CPUs and Train
+gives up a worker-group start-up after ``training.startup_failures`` failures;
+either way the error names what holds the cluster's CPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finegrain.sweeps import leftovers
 from finegrain.sweeps.spec import DATA_CPUS, SweepSpec, SweepSpecError, to_override
 
 __all__ = ["run_sweep", "SweepResult", "SweepInterrupted", "optuna_study"]
 
 LATEST = "latest.json"
 STOPPED_TRIAL_GRACE_S = 5
+#: After an interruption: how long the driver waits for its leftovers to go and the CPUs to come back.
+RELEASE_TIMEOUT_S = 60.0
 
 
 class SweepInterrupted(RuntimeError):
@@ -69,7 +86,17 @@ def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
                  to_override("training.work_dir", str(Path(ctx["work_dir"]) / trial_id)), "training.progress=false"]
         config = spec.trial_config(params).with_overrides(extra)
         _, fit = trainer_for(spec.family)
-        run_id = fit(config).run_id
+        # the trial's own placement group holds DATA_CPUS; the worker group needs the rest
+        leftovers.wait_for_cpus(spec.resources.trial_cpus(), spec.resources.wait_s,
+                                f"sweep {spec.name} trial {trial_id}")
+        try:
+            run_id = fit(config).run_id
+        except Exception as exc:
+            if "WorkerGroupStartup" not in type(exc).__name__ + str(exc):
+                raise
+            raise RuntimeError(f"sweep {spec.name} trial {trial_id}: its Ray Train worker group could not start "
+                               f"({type(exc).__name__}); CPUs held by: "
+                               + ("; ".join(leftovers.resource_holders()) or "nothing Ray lists")) from exc
         client.set_tag(run_id, "sweep.trial_id", trial_id)
     history = client.get_metric_history(run_id, spec.metric)
     if not history:
@@ -106,7 +133,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
     from finegrain.platform import tracking
     from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
 
-    connect_ray()
+    namespace = leftovers.sweep_namespace(spec.name)
+    connect_ray(namespace=namespace)
+    job_id = ray.get_runtime_context().get_job_id()
     spec.check_resources(ray.cluster_resources())
     # trainers report training terms every log_every steps and validation terms every eval_every:
     # results without the metric are normal (ASHA skips them), so Tune must not insist on it
@@ -123,8 +152,10 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
         if client.get_run(parent_run_id).info.status == "FINISHED":
             raise SweepSpecError(f"--resume: the latest sweep {spec.name!r} ({exp_path}) has finished; "
                                  f"start a new one without --resume")
+        _stop_earlier_drivers(spec, namespace, job_id, resume=True, verbose=verbose)
         client.update_run(parent_run_id, status="RUNNING")
     else:
+        _stop_earlier_drivers(spec, namespace, job_id, resume=False, verbose=verbose)
         exp_path = root / time.strftime("%Y%m%d-%H%M%S")
         params = {**spec.space_params(), "family": spec.family, "metric": spec.metric, "mode": spec.mode,
                   "num_samples": spec.num_samples, "seed": spec.seed, **{f"asha.{k}": v for k, v in
@@ -160,14 +191,82 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
                                             stop_last_trials=False)),  # survivors finish and log their model
                 run_config=tune.RunConfig(name=exp_path.name, storage_path=str(exp_path.parent), verbose=verbose),
             )
-        grid = tuner.fit()
+        with _sigterm_as_sigint():
+            grid = tuner.fit()
         if grid.num_terminated + grid.num_errors < spec.num_samples:  # Ctrl-C: Tune saved its state and returned
             raise SweepInterrupted(f"sweep {spec.name} interrupted after {grid.num_terminated} of "
                                    f"{spec.num_samples} trials; continue it with --resume")
         return _finish(spec, grid, client, parent_run_id, exp_path, uri)
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
+        _release(spec, namespace, job_id)
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint():
+    """SIGTERM (``kill``, a batch system, ``ray job stop``) stops the sweep as Ctrl-C does: Tune saves its
+    state and stops the trials. Only in the main thread (signal handlers can be set nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def on_sigterm(signum, frame):
+        # call the SIGINT handler in force (Tune's, once fit() runs) instead of raising SIGINT: a Ray job's
+        # driver has SIGINT blocked (Ray's job supervisor does that), so a raised SIGINT would never arrive
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _release(spec: SweepSpec, namespace: str, job_id: str) -> None:
+    """After an interruption: kill what this driver's job still has alive (Tune has stopped its trials,
+    but a Train controller may still be retrying its worker group), then wait for the CPUs to be free."""
+    import ray
+
+    try:
+        stopped = leftovers.stop_leftovers(namespace, job_id=job_id, timeout_s=RELEASE_TIMEOUT_S)
+    except TimeoutError as exc:
+        print(f"warning: sweep {spec.name}: {exc}", flush=True)
+        return
+    if stopped:
+        print(f"sweep {spec.name}: stopped {len(stopped)} leftover(s): " + "; ".join(map(str, stopped)), flush=True)
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + RELEASE_TIMEOUT_S
+    while ray.available_resources().get("CPU", 0.0) + 1e-9 < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _stop_earlier_drivers(spec: SweepSpec, namespace: str, job_id: str, resume: bool, verbose: int) -> None:
+    """Stop the leftovers of earlier drivers of this sweep whose jobs are dead (a killed driver). With
+    ``resume``, refuse while one of them is still running: two drivers of one sweep would race for its
+    trials."""
+    import ray
+    from ray.util.state import list_jobs
+
+    jobs = {f.job_id for f in leftovers.find_leftovers(namespace, exclude_job=job_id)}
+    if not jobs:
+        return
+    running = [j for j in list_jobs(address=ray.get_runtime_context().gcs_address, detail=True, limit=10_000,
+                                    raise_on_missing_output=False)
+               if j.job_id in jobs and str(getattr(j.status, "value", j.status)) in ("RUNNING", "PENDING")]
+    if running and resume:
+        desc = ", ".join(f"job {j.job_id}" + (f" (submission {j.submission_id})" if j.submission_id else "")
+                         for j in running)
+        raise SweepSpecError(f"--resume: sweep {spec.name!r} is still running as {desc}; stop it first "
+                             f"(Ctrl-C, or `ray job stop`)")
+    for dead in sorted(jobs - {j.job_id for j in running}):
+        stopped = leftovers.stop_leftovers(namespace, job_id=dead, timeout_s=RELEASE_TIMEOUT_S)
+        if verbose and stopped:
+            print(f"sweep {spec.name}: stopped {len(stopped)} leftover(s) of an earlier driver (job {dead}): "
+                  + "; ".join(map(str, stopped)), flush=True)
 
 
 def _trial_dirname(trial) -> str:

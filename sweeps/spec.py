@@ -123,6 +123,8 @@ class ResourcesSection(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers per trial (>= 1; see the class docstring)")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: Literal[0, 1] = Field(0, description="0 or 1: Ray Train gives each GPU worker a whole GPU")
+    wait_s: float = Field(300.0, gt=0, description="how long a trial waits for its CPUs before it fails, naming "
+                                                   "what holds them")
 
     def trial_cpus(self) -> float:
         return self.cpus_per_worker * self.num_workers

@@ -175,26 +175,88 @@ def test_registry_alias_moves_only_on_improvement(submitted_sweep, stack):
     assert client.get_model_version_by_alias(other, "champion").version == "1"
 
 
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_without_duplicate_children(stack, adp_shards, tmp_path):
-    from mlflow import MlflowClient
+def _free_cpus() -> float:
+    import ray
 
-    spec_path = _spec_file(tmp_path, name="resume-smoke", experiment="sweep-resume-smoke", register_as=None,
+    return ray.available_resources().get("CPU", 0.0)
+
+
+def _plant_leftover(stack, namespace: str, cpus: float) -> None:
+    """What a driver killed mid-sweep can leave: an actor of the sweep's namespace, holding ``cpus``, that
+    outlives its (dead) job. Detached, so Ray's own end-of-job clean-up leaves it to ``--resume``."""
+    code = ("import ray\n"
+            "from finegrain.platform.stack import connect_ray\n"
+            f"connect_ray(namespace={namespace!r})\n"
+            f"@ray.remote(num_cpus={cpus})\n"
+            "class LeftoverController:\n"
+            "    def ping(self):\n"
+            "        return 1\n"
+            "a = LeftoverController.options(lifetime='detached').remote()\n"
+            "ray.get(a.ping.remote())\n")
+    env = {**os.environ, **stack.client_env(), "FINEGRAIN_HOME": stack.home}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_trial_short_of_cpus_fails_in_bounded_time_naming_the_holder(stack):
+    """wait_for_cpus: every CPU held by one actor -> a RuntimeError within the bound, naming that actor."""
+    import ray
+
+    from finegrain.sweeps.leftovers import wait_for_cpus
+
+    total = ray.cluster_resources()["CPU"]
+
+    @ray.remote(num_cpus=total)
+    class CpuHog:
+        def ping(self):
+            return 1
+
+    hog = CpuHog.remote()
+    ray.get(hog.ping.remote())
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"trial T waited 3 s for 1 free CPUs.*actor \S*CpuHog {.CPU.: 2.0}"):
+            wait_for_cpus(1, 3, "trial T")
+        assert time.monotonic() - t0 < 10
+    finally:
+        ray.kill(hog)
+    deadline = time.monotonic() + 30
+    while _free_cpus() < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    wait_for_cpus(total, 1, "after the hog")  # freed: returns at once
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_interrupted_sweep_resumes_without_duplicate_children(stack, adp_shards, tmp_path):
+    """Ctrl-C while the second trial trains (the first one FINISHED): every CPU comes back and nothing of the
+    sweep stays alive; a leftover of a killed driver (planted) is stopped by --resume, which then finishes
+    the sweep with one child run per trial, leaving no actor or placement group behind."""
+    import ray
+    from mlflow import MlflowClient
+    from ray.util.state import list_placement_groups
+
+    from finegrain.sweeps.leftovers import find_leftovers, sweep_namespace
+
+    name = "resume-smoke"
+    spec_path = _spec_file(tmp_path, name=name, experiment="sweep-resume-smoke", register_as=None,
                            asha={"grace_period": 100, "reduction_factor": 2, "max_t": 100})  # no rung: ASHA stops none
     env = {**os.environ, **stack.client_env(), "FINEGRAIN_HOME": stack.home}
     cmd = [str(BIN / "finegrain"), "sweep", str(spec_path), "--set", f"data.shards={adp_shards}"]
     client = MlflowClient(stack.mlflow_uri)
+    total = ray.cluster_resources()["CPU"]
+    assert _free_cpus() == total  # nothing else of the suite holds CPUs now
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 400
     try:
-        while time.monotonic() < deadline:  # interrupt once the first trial has finished
+        while time.monotonic() < deadline:  # the defined point: trial 1 FINISHED, trial 2 RUNNING
             exp = client.get_experiment_by_name("sweep-resume-smoke")
-            done = exp and client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and "
-                                                                   "tags.mlflow.parentRunId != ''")
-            if done or proc.poll() is not None:
+            runs = exp and client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != ''")
+            status = sorted(r.info.status for r in runs or [])
+            if ("FINISHED" in status and "RUNNING" in status) or proc.poll() is not None:
                 break
-            time.sleep(2)
+            time.sleep(1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
@@ -203,11 +265,32 @@ def test_interrupted_sweep_resumes_without_duplicate_children(stack, adp_shards,
             os.killpg(proc.pid, signal.SIGKILL)
     first = (tmp_path / "first.log").read_text()
     assert proc.returncode != 0 and "--resume" in first, first[-3000:]
-    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    # nothing of the interrupted sweep holds resources: all CPUs free again within a bounded time
+    deadline = time.monotonic() + 60
+    while _free_cpus() < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _free_cpus() == total, first[-3000:]
+    assert find_leftovers(sweep_namespace(name)) == []
+
+    _plant_leftover(stack, sweep_namespace(name), cpus=1)
+    assert _free_cpus() == total - 1 and len(find_leftovers(sweep_namespace(name))) == 1
+    t0 = time.monotonic()
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    resume_s = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stopped 1 leftover(s) of an earlier driver" in r.stdout and "LeftoverController" in r.stdout
+    assert resume_s < 400, resume_s  # two trials of 50 steps; a starved trial would wait for ever
+    print(f"resume wall time {resume_s:.1f} s")
     parent = _parent(client, "sweep-resume-smoke")
     children = _children(client, parent)
     names = [c.info.run_name for c in children]
     assert len(children) == 3 and len(set(names)) == 3, names
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
     assert parent.info.status == "FINISHED"
+    # the finished sweep leaves no actor of its namespace and no placement group alive
+    deadline = time.monotonic() + 60
+    while (find_leftovers(sweep_namespace(name)) or _free_cpus() < total) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert find_leftovers(sweep_namespace(name)) == []
+    assert [p.placement_group_id for p in list_placement_groups(address=ray.get_runtime_context().gcs_address, detail=True) if p.state != "REMOVED"] == []
+    assert _free_cpus() == total

@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import typer
 
+#: Seconds a stopped job's driver gets between SIGTERM and SIGKILL.
+JOB_STOP_WAIT_S = 60
+
 
 def register(app: typer.Typer) -> None:
     app.command()(sweep)
@@ -69,7 +72,11 @@ def submit_job(entrypoint: list[str], working_dir: str = ".", poll_s: float = 1.
     st = LocalStack().require()
     use_token(st)
     client = JobSubmissionClient(st.dashboard_url)
-    job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": working_dir})
+    # `ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default 3 s): give the
+    # sweep time to stop its trials and free their resources (the supervisor reads it from the job's env)
+    env = {"RAY_JOB_STOP_WAIT_TIME_S": str(JOB_STOP_WAIT_S)}
+    job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": working_dir,
+                                                                                "env_vars": env})
     typer.echo(f"submitted job {job_id} to {st.dashboard_url}")
     shown = 0
     try:
