@@ -114,7 +114,7 @@ def submitted_sweep(stack, adp_shards):
     r = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", stack.dashboard_url, "--working-dir", ".", "--",
          "finegrain", "sweep", "sweeps/adp_cvae_smoke.yaml", "--set", f"data.shards={adp_shards}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client = MlflowClient(stack.mlflow_uri)
     return client, _parent(client, "sweep-adp-cvae-smoke"), r.stdout
@@ -292,5 +292,49 @@ def test_interrupted_sweep_resumes_without_duplicate_children(stack, adp_shards,
     while (find_leftovers(sweep_namespace(name)) or _free_cpus() < total) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert find_leftovers(sweep_namespace(name)) == []
-    assert [p.placement_group_id for p in list_placement_groups(address=ray.get_runtime_context().gcs_address, detail=True) if p.state != "REMOVED"] == []
+    pgs = list_placement_groups(address=ray.get_runtime_context().gcs_address, detail=True)
+    assert [p.placement_group_id for p in pgs if p.state != "REMOVED"] == []
     assert _free_cpus() == total
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stopping_a_submitted_sweep_job_frees_every_cpu(stack, adp_shards, tmp_path):
+    """`ray job stop` (SIGTERM to the job's driver) while a trial trains: the job ends STOPPED, and within a
+    bounded time every CPU is free and no actor of the sweep's namespace is alive."""
+    import ray
+    from mlflow import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from finegrain.platform.stack import use_token
+    from finegrain.sweeps.leftovers import find_leftovers, sweep_namespace
+
+    name = "stop-smoke"
+    spec_path = _spec_file(tmp_path, name=name, experiment="sweep-stop-smoke", register_as=None,
+                           asha={"grace_period": 100, "reduction_factor": 2, "max_t": 100})
+    client = MlflowClient(stack.mlflow_uri)
+    total = ray.cluster_resources()["CPU"]
+    use_token(stack)
+    jobs = JobSubmissionClient(stack.dashboard_url)
+    job = jobs.submit_job(entrypoint=f"{BIN / 'finegrain'} sweep {spec_path} --set data.shards={adp_shards}",
+                          runtime_env={"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # a trial's child run has started: its Train run is under way
+        exp = client.get_experiment_by_name("sweep-stop-smoke")
+        if exp and client.search_runs([exp.experiment_id], "tags.mlflow.parentRunId != '' and "
+                                                           "attributes.status = 'RUNNING'"):
+            break
+        assert jobs.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), jobs.get_job_logs(job)[-3000:]
+        time.sleep(1)
+    t0 = time.monotonic()
+    jobs.stop_job(job)
+    while jobs.get_job_status(job) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        assert time.monotonic() - t0 < 120
+        time.sleep(1)
+    assert jobs.get_job_status(job) == JobStatus.STOPPED
+    deadline = time.monotonic() + 60
+    while (_free_cpus() < total or find_leftovers(sweep_namespace(name))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _free_cpus() == total, jobs.get_job_logs(job)[-3000:]
+    assert find_leftovers(sweep_namespace(name)) == []
+    print(f"job stopped and every CPU free {time.monotonic() - t0:.1f} s after `ray job stop`")
