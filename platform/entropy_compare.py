@@ -152,28 +152,33 @@ NO_CONSTRAINTS_HINT = ("simulate without them: `finegrain simulate SYSTEM --out 
                        "(all bonds free needs a step <= 1 fs), then `finegrain ingest` that folder")
 
 
+def _describe_rows(rows, atom_names=()) -> str:
+    """'' for no rows; else "C constrained distances, e.g. atoms i-j (names) at r0 nm" from rows [[i, j, (r0_nm)], ...]."""
+    rows = [list(r) for r in rows]
+    if not rows:
+        return ""
+    r = rows[0]
+    i, j = int(r[0]), int(r[1])
+    names = f" ({atom_names[i]}-{atom_names[j]})" if max(i, j) < len(atom_names) else ""
+    at = f" at {float(r[2]):.4f} nm" if len(r) > 2 else ""
+    return f"{len(rows)} constrained distances, e.g. atoms {i}-{j}{names}{at}"
+
+
 def declared_constraints(man, folder: str | Path | None = None) -> tuple[str | None, str]:
     """What the data's provenance says about bond constraints: (description, source).
 
     description: a non-empty string naming the constraints when the data are
     constrained, "" when declared free, None when nothing says.  Looks at the
-    manifest's ``constraints`` (constrained atom pairs [M, 2], or a name,
-    or a dict with ``type``/``pairs``) when present, else at the
-    ``metadata.json`` of the ``finegrain simulate`` folder each source
-    trajectory came from (its ``constraints``: "HBonds" or null).
+    manifest's ``constraints`` ([[i, j, r0_nm], ...]; None = unknown) when it
+    is known, else at the ``metadata.json`` of the ``finegrain simulate``
+    folder each source trajectory came from (``constrained_pairs``, else
+    ``constraints``: "HBonds" or null).
     """
     cons = getattr(man, "constraints", None)
     if cons is not None:
         if isinstance(cons, str):
             return (f"{cons} constraints" if cons.strip() and cons.lower() != "none" else ""), "manifest"
-        if isinstance(cons, dict):
-            pairs = cons.get("pairs", cons.get("atom_pairs", []))
-            kind = cons.get("type", cons.get("kind", cons.get("name")))
-            if kind in (None, "", "none", "None") and not pairs:
-                return "", "manifest"
-            return f"{kind or 'bond'} constraints on {len(pairs)} atom pairs", "manifest"
-        pairs = list(cons)
-        return (f"{len(pairs)} constrained atom pairs (e.g. atoms {list(pairs[0])})" if pairs else ""), "manifest"
+        return _describe_rows(cons, getattr(man, "atom_names", ())), "manifest"
     found = {}
     for key, src in sorted(getattr(man, "sources", {}).items()):
         meta = Path(str(src)).parent / "metadata.json"
@@ -183,11 +188,14 @@ def declared_constraints(man, folder: str | Path | None = None) -> tuple[str | N
             d = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
-        found[meta] = d.get("constraints", d.get("config", {}).get("constraints"))
-    bad = {m: c for m, c in found.items() if c not in (None, "", "None", "none")}
+        kind = d.get("constraints", d.get("config", {}).get("constraints"))
+        kind = None if kind in (None, "", "None", "none") else kind
+        rows = _describe_rows(d.get("constrained_pairs") or [], getattr(man, "atom_names", ()))
+        found[meta] = ", ".join(x for x in (f"constraints={kind}" if kind else "", rows) if x)
+    bad = {m: c for m, c in found.items() if c}
     if bad:
-        meta, kind = next(iter(bad.items()))
-        return f"constraints={kind} (X-H bonds fixed) in the simulation metadata {meta}", "simulation metadata"
+        meta, what = next(iter(bad.items()))
+        return f"{what} in the simulation metadata {meta}", "simulation metadata"
     return ("" if found else None), ("simulation metadata" if found else "none")
 
 
@@ -209,7 +217,7 @@ def check_unconstrained(folder: str | Path, max_frames: int = 200) -> None:
     man = Manifest.load(folder)
     what, source = declared_constraints(man, folder)
     if what:
-        raise InputError(f"shards {folder}: constrained data ({what}, from the {source}); with bonds "
+        raise InputError(f"shards {folder}: constrained data ({what}; from the {source}); with bonds "
                          f"constrained H(X|Y) -> -inf and mapping entropies are meaningless; {NO_CONSTRAINTS_HINT}")
     chunks, n = [], 0
     for s in man.shards:

@@ -240,12 +240,13 @@ def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
         assert "\n" not in msg and "--no-constraints" in msg and "1 fs" in msg
         assert ("HBonds" in msg) == (meta == "HBonds")
 
-    class WithPairs:  # the manifest field being added (constrained atom pairs) wins over metadata
-        constraints, sources = [[0, 1], [2, 3]], {}
+    from finegrain.platform.shards import Manifest
 
-    assert "2 constrained atom pairs" in declared_constraints(WithPairs())[0]
-    WithPairs.constraints = []
-    assert declared_constraints(WithPairs()) == ("", "manifest")
+    man = Manifest.load(tmp_path / "free")  # declared free by its simulation's metadata
+    man.constraints = [[0, 1, 0.109], [2, 3, 0.096]]  # the manifest's record wins over the metadata
+    assert declared_constraints(man) == ("2 constrained distances, e.g. atoms 0-1 (C1-H1) at 0.1090 nm", "manifest")
+    man.constraints = []
+    assert declared_constraints(man) == ("", "manifest")
 
 
 def test_heldout_split_never_returns_training_trajectories(tmp_path):
@@ -293,7 +294,7 @@ def test_entropy_compare_refuses_constrained_shards(adp_shards, tmp_path):
     assert res.exit_code == 2, res.output
     err = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "constrain" in err[0] and "--no-constraints" in err[0], res.output
-    assert "HBonds" in err[0]  # named from the simulation's metadata
+    assert "HBonds" in err[0] or "constrained distances, e.g. atoms" in err[0]  # metadata's name, or manifest rows
 
 
 @pytest.mark.slow
