@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from finegrain.platform.mapping import CGMapping, MappingError
+from finegrain.platform.metrics.features import parse_feature_sets
 
 __all__ = ["ReferenceSystem", "SystemError_", "available_systems", "get_system"]
 
@@ -93,6 +94,19 @@ class ReferenceSystem:
             )
         ff = app.ForceField(*self.definition["forcefield"])
         return ff.createSystem(self.topology, nonbondedMethod=app.NoCutoff, constraints=cons[constraints])
+
+    @property
+    def feature_sets(self):
+        """The evaluation features of the YAML's ``evaluation.features`` (list of
+        :class:`~finegrain.platform.metrics.features.FeatureSet`; empty when none are declared)."""
+        return parse_feature_sets((self.definition.get("evaluation") or {}).get("features"),
+                                  source=f"system {self.name}: evaluation.features")
+
+    @property
+    def evaluation_settings(self) -> dict[str, float]:
+        """``lag_ps`` and ``n_centres`` of the YAML's ``evaluation`` section (those given)."""
+        ev = self.definition.get("evaluation") or {}
+        return {k: ev[k] for k in ("lag_ps", "n_centres") if k in ev}
 
     def mapping(self, name_or_path: str | Path) -> CGMapping:
         """A CG mapping by name (from this system's specs) or from a YAML file."""
