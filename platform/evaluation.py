@@ -38,13 +38,16 @@ class EvalResult:
 
 
 def load_reference(reference: str | Path, mapping, top: str | Path | None = None, split: str = "all",
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict:
-    """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system`` and ``data_hash``.
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   split_record: dict | None = None) -> dict:
+    """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system``, ``data_hash``
+    and ``constraints`` ((pairs [C, 2], r0 [C] nm) of the shard manifest, or None when unknown).
 
-    reference : a shard folder, or an AA trajectory file (then ``top`` is needed).
-    split : for a shard folder, "all" its trajectories or one split ("train", "validation",
-        "test") of ``shards.split_trajectories(fractions, seed)`` (the training defaults), so a
-        model is tested on trajectories it did not train on.
+    reference : a shard folder, or an AA trajectory file (then ``top`` is needed; no constraints).
+    split : for a shard folder, "all" its trajectories or one split ("train", "validation", "test").
+        Its trajectory ids come from ``split_record`` (a model's recorded training split, see
+        ``Backmapper.recorded_split``) when given, else from ``shards.split_trajectories(fractions,
+        seed)``; ``data_hash`` is then ``<digest>:<split>-<hash of the ids>``.
     """
     import mdtraj as md
 
@@ -52,24 +55,37 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
     from finegrain.platform.validation import InputError, check_units_nm, check_xyz
 
     path = Path(reference)
+    if split not in ("all", "train", "validation", "test"):
+        raise InputError(f"split: expected all, train, validation or test, got {split!r}")
     if path.is_dir():
         man = Manifest.load(path)
         if man.mapping["bead_names"] != list(mapping.bead_names):
             raise InputError(f"reference {path}: mapped with beads {man.mapping['bead_names']}, "
                              f"the model's mapping '{mapping.name}' has {list(mapping.bead_names)}")
-        ids = None
+        ids, data_hash = None, man.digest
         if split != "all":
-            from finegrain.platform.shards import split_trajectories
+            if split_record is not None:
+                ids = list(split_record[split])
+                missing = sorted(set(ids) - set(man.trajectories))
+                if missing:
+                    raise InputError(f"reference {path}: the model's recorded {split} split names trajectories "
+                                     f"{missing} that this shard folder does not hold (trained on other data?); "
+                                     f"use --split all with a held-out shard folder")
+                how = f"the model's recorded split (seed {split_record.get('seed')})"
+            else:
+                from finegrain.platform.shards import split_trajectories
 
-            if split not in ("train", "validation", "test"):
-                raise InputError(f"split: expected all, train, validation or test, got {split!r}")
-            ids = split_trajectories(man, fractions, seed)[split]
+                ids = split_trajectories(man, fractions, seed)[split]
+                how = f"fractions {list(fractions)}, seed {seed}"
             if not ids:
                 raise InputError(f"reference {path}: the {split} split of {man.n_trajectories} trajectories is empty "
-                                 f"(fractions {list(fractions)}); use --split all with a held-out shard folder")
+                                 f"({how}); use --split all with a held-out shard folder")
+            data_hash = f"{man.digest}:{split}-{hashlib.sha256(','.join(sorted(ids)).encode()).hexdigest()[:8]}"
         frames = read_frames(path, ids)
-        frames.update(system=man.system, data_hash=man.digest if ids is None else f"{man.digest}:{split}")
+        frames.update(system=man.system, data_hash=data_hash, constraints=man.constraint_arrays())
         return frames
+    if split != "all":
+        raise InputError(f"split: {split!r} needs a shard folder reference; {path} is a trajectory file (use --split all)")
     if top is None:
         raise InputError(f"reference {path}: an AA trajectory needs --top")
     try:
@@ -82,7 +98,7 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
     return {"aa_xyz_nm": xyz, "cg_xyz_nm": mapping.map(xyz.astype(np.float64)).astype(np.float32),
             "traj_id": np.full(traj.n_frames, path.stem), "frame": np.arange(traj.n_frames),
             "time_ps": np.asarray(traj.time, np.float64), "energy_kj_mol": np.full(traj.n_frames, np.nan),
-            "system": "custom", "data_hash": digest}
+            "system": "custom", "data_hash": digest, "constraints": None}
 
 
 def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_samples: int = 1,
@@ -134,16 +150,29 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
              cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
              experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
              lag_ps: float | None = None, split: str = "all") -> EvalResult:
-    """Backmap, compare, log (see module docstring). Returns metrics, run id and report path."""
+    """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
+
+    split : "all" trajectories of a shard reference, or the model's own "train", "validation" or
+    "test" trajectories as recorded when it was trained (InputError naming ``--split`` when the
+    model has no record). The manifest's constraint record keeps constrained bonds out of the
+    bond JS (scored as ``mae_constrained_bond_nm``).
+    """
     import mdtraj as md
 
     from finegrain.platform.metrics import evaluate_frames
     from finegrain.platform.tracking import load_backmapper_any
+    from finegrain.platform.validation import InputError
 
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
     bm = load_backmapper_any(model)
-    ref = load_reference(reference, bm.mapping, top, split=split)
+    record = None
+    if split != "all":
+        record = bm.recorded_split()
+        if record is None:
+            raise InputError(f"--split {split}: model {model} has no recorded training split (saved before splits "
+                             f"were recorded?); retrain it, or use --split all with a held-out shard folder")
+    ref = load_reference(reference, bm.mapping, top, split=split, split_record=record)
     system = system or ref["system"]
     if cg is None:
         cg_xyz, cg_tid, kind = ref["cg_xyz_nm"], ref["traj_id"], "in-distribution"
@@ -163,11 +192,12 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         backmapped["time_ps"] = np.asarray(cg_traj.time, np.float64)
     backmapped = {k: v for k, v in backmapped.items() if v is not None}
     metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, system,
-                                       energy_fn=_energy_fn(system), seed=seed, lag_ps=lag_ps)
+                                       energy_fn=_energy_fn(system), seed=seed, lag_ps=lag_ps,
+                                       constraints=ref.get("constraints"))
     metrics["frames_per_s"] = samples_xyz.shape[0] * samples_xyz.shape[1] / max(seconds, 1e-9)
     tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
             "model_label": bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
-            "cg_hash": cg_hash, "evaluation": kind}
+            "cg_hash": cg_hash, "evaluation": kind, "split": split}
     report = _write_report(out, metrics, tags, figures) if out is not None else None
     run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None
     return EvalResult(metrics=metrics, run_id=run_id, report=report, figures=figures)

@@ -72,8 +72,9 @@ def test_em_baseline_and_the_leaderboard(stack, adp_shards, baselines, tmp_path)
     em = evaluate(em_uri, adp_shards, out=tmp_path / "em")
     ns = evaluate(ns_uri, adp_shards, out=tmp_path / "ns")
     assert em.metrics["rmsd_cg_nm"] < 0.02  # soft restraints: close to, not exactly on, the CG
-    # minimisation removes the null-space sampler's bond-length spread and high-energy tail
-    assert em.metrics["js_bonds"] < ns.metrics["js_bonds"]
+    # minimisation relaxes the constrained X-H bonds to r0 (scored apart from the heavy-bond JS, issue 14)
+    # and removes the null-space sampler's high-energy tail
+    assert em.metrics["mae_constrained_bond_nm"] < ns.metrics["mae_constrained_bond_nm"]
     assert em.metrics["energy_p99_excess_kj_mol"] < ns.metrics["energy_p99_excess_kj_mol"]
     rows = {r["model_label"]: r for r in leaderboard("adp")}
     assert set(rows) == {"nullspace", "em"}
@@ -95,6 +96,94 @@ def test_shard_reference_can_be_restricted_to_a_split(adp_shards, baselines):
     held_out = split_trajectories(man, (0.5, 0.5, 0.0), 0)["validation"]
     ref = load_reference(adp_shards, mapping, split="validation", fractions=(0.5, 0.5, 0.0))
     assert sorted(set(ref["traj_id"].tolist())) == held_out and len(held_out) == 1
-    assert len(ref["frame"]) == man.n_frames // 2 and ref["data_hash"] == f"{man.digest}:validation"
+    assert len(ref["frame"]) == man.n_frames // 2 and ref["data_hash"].startswith(f"{man.digest}:validation-")
+    assert ref["constraints"][0].shape == (12, 2)  # the manifest's constraint record comes along
     with pytest.raises(InputError, match="the test split of 2 trajectories is empty"):
         load_reference(adp_shards, mapping, split="test")
+
+
+# -- evaluate --split uses the split the model recorded when it was trained ---------------------
+
+@pytest.fixture(scope="module")
+def four_traj_shards(adp_sim, tmp_path_factory):
+    """``adp_sim``'s two replicas cut into four 25-frame trajectories (with observables), ingested."""
+    from finegrain.datasets.ingest import TrajectorySource, ingest, sources_from_simulation
+    from finegrain.datasets.systems import get_system
+
+    top, system, sources = sources_from_simulation(adp_sim)
+    work = tmp_path_factory.mktemp("four-traj")
+    parts = []
+    for src in sources:
+        traj, obs = md.load(src.path, top=top), dict(np.load(src.observables))
+        for k, rows in enumerate((slice(0, 25), slice(25, 50))):
+            stem = work / f"{src.traj_id}-{k}"
+            traj[rows].save_dcd(f"{stem}.dcd")
+            np.savez(f"{stem}.npz", **{name: v[rows] for name, v in obs.items()})
+            parts.append(TrajectorySource(stem.name, f"{stem}.dcd", f"{stem}.npz", simulation=str(adp_sim)))
+    out = work / "shards"
+    ingest(top, parts, get_system(system).mapping("backbone6"), out, system=system, chunk_frames=25)
+    return out
+
+
+def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_traj_shards, tmp_path):
+    """A flow trained with a non-default split seed is tested on the test trajectories it recorded."""
+    import hashlib
+
+    from finegrain.platform.evaluation import backmap_trajectories
+    from finegrain.platform.metrics import evaluate_frames
+    from finegrain.platform.shards import read_frames, split_trajectories
+    from finegrain.trainables.flow.train import fit_detailed
+    from finegrain.trainables.flow.train_config import FlowTrainConfig
+    from finegrain.trainables.protocol import load_backmapper
+
+    man = Manifest.load(four_traj_shards)
+    fractions = (0.5, 0.25, 0.25)
+    default_test = split_trajectories(man)["test"]  # what evaluate --split used to rebuild
+    seed = next(s for s in range(1, 100) if split_trajectories(man, fractions, s)["test"] != default_test)
+    config = Path(__file__).resolve().parents[1] / "trainables" / "configs" / "adp_flow_smoke.yaml"
+    cfg = FlowTrainConfig.from_yaml(config, [
+        f"data.shards={four_traj_shards}", f"data.fractions={list(fractions)}", f"data.seed={seed}",
+        "training.num_workers=0", "training.max_steps=2", "training.eval_every=2", "training.checkpoint_every=2",
+        "training.log_every=1", "training.val_nll_frames=2", "training.val_steps=2", "training.progress=false",
+        f"training.work_dir={tmp_path / 'runs'}", "tracking.enabled=false"])
+    folder = fit_detailed(cfg).model_folder
+    recorded = json.loads((folder / "backmapper.json").read_text())["training_split"]  # written at training time
+    assert recorded["seed"] == seed and recorded["fractions"] == list(fractions)
+    assert recorded["test"] != default_test and len(recorded["test"]) == 1
+    assert sorted(recorded["train"] + recorded["validation"] + recorded["test"]) == sorted(man.trajectories)
+
+    res = evaluate(str(folder), four_traj_shards, split="test", log=False, out=tmp_path / "eval")
+    tags = json.loads((tmp_path / "eval" / "report.json").read_text())["tags"]
+    ids_hash = hashlib.sha256(",".join(recorded["test"]).encode()).hexdigest()[:8]
+    assert tags["data_hash"] == f"{man.digest}:test-{ids_hash}" and tags["split"] == "test"
+    # the same numbers as scoring the recorded test trajectories directly
+    bm = load_backmapper(folder)
+    ref = read_frames(four_traj_shards, recorded["test"])
+    assert set(ref["traj_id"].tolist()) == set(recorded["test"])
+    xyz, _ = backmap_trajectories(bm, ref["cg_xyz_nm"].astype(np.float64), ref["traj_id"], 1, 0)
+    direct, _ = evaluate_frames(ref, {"aa_xyz_nm": xyz[0], "cg_xyz_nm": ref["cg_xyz_nm"]}, bm.topology, bm.mapping,
+                                "adp", constraints=man.constraint_arrays(), make_figures=False)
+    for k in ("rmsd_cg_nm", "js_bonds", "js_angles", "bond_score", "mae_constrained_bond_nm"):
+        assert res.metrics[k] == pytest.approx(direct[k], rel=1e-9, abs=1e-12), k
+    assert not any(k.startswith("js_bond_") and "H" in k for k in res.metrics)  # X-H bonds out of the JS
+
+
+def test_a_model_without_a_recorded_split_is_refused_naming_split(adp_shards, tmp_path):
+    from finegrain.trainables.protocol import load_backmapper
+
+    model, _ = fit_baseline("nullspace", adp_shards, fractions=(0.5, 0.5, 0.0), seed=3, log=False)
+    model.save(tmp_path / "with")
+    rec = load_backmapper(tmp_path / "with").recorded_split()
+    assert rec["seed"] == 3 and rec["validation"] == split_trajectories_of(adp_shards, 3)
+    ref = evaluate(str(tmp_path / "with"), adp_shards, split="validation", log=False)
+    assert ref.metrics["rmsd_cg_nm"] < 1e-6
+    model.training_split = None
+    model.save(tmp_path / "without")
+    with pytest.raises(InputError, match="--split test.*no recorded training split"):
+        evaluate(str(tmp_path / "without"), adp_shards, split="test", log=False)
+
+
+def split_trajectories_of(shards, seed):
+    from finegrain.platform.shards import split_trajectories
+
+    return split_trajectories(Manifest.load(shards), (0.5, 0.5, 0.0), seed)["validation"]

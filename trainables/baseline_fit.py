@@ -24,6 +24,7 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     from finegrain.platform.mapping import CGMapping
     from finegrain.platform.shards import Manifest, read_frames, split_trajectories
     from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
+    from finegrain.trainables.protocol import split_record
 
     if family not in ("nullspace", "em"):
         raise ValueError(f"family: expected 'nullspace' or 'em', got {family!r}")
@@ -31,11 +32,13 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     man = Manifest.load(shards)
     mapping = CGMapping.from_dict(man.mapping)
     topology = md.load_topology(str(shards / man.topology_pdb))
-    train_ids = split_trajectories(man, fractions, seed)["train"]
+    splits = split_trajectories(man, fractions, seed)
+    train_ids = splits["train"]
     frames = read_frames(shards, train_ids)
     model = fit_nullspace(frames["aa_xyz_nm"], mapping, topology)
     if family == "em":
         model = EnergyMinimisationBackmapper(topology, mapping, get_system(man.system).definition, placement=model)
+    model.training_split = split_record(fractions, seed, splits, man.digest)  # for ``evaluate --split``
     if not log:
         return model, None
     from finegrain.platform.tracking import end_run, log_backmapper, start_run

@@ -11,6 +11,10 @@ serving only use this interface:
   ``backmapper.json`` (family, config, mapping), ``topology.pdb`` and
   ``weights.pt`` (tensors only, loaded with ``torch.load(weights_only=True)``;
   nothing is unpickled).
+- ``training_split``: the split of the shard folder the model was fitted on,
+  {"fractions": [3], "seed": int, "train"/"validation"/"test": [traj ids]},
+  saved in ``backmapper.json`` (None when unknown), so ``evaluate --split``
+  scores exactly the trajectories the model never trained on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from finegrain.platform.mapping import CGMapping
 from finegrain.platform.validation import InputError, check_xyz
 
-__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for"]
+__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record"]
 
 #: family name -> "module:Class" of its Backmapper (import on demand).
 FAMILIES: dict[str, str] = {
@@ -46,6 +50,25 @@ TRAINERS: dict[str, tuple[str, str]] = {
 }
 
 META = "backmapper.json"
+SPLIT_KEYS = ("train", "validation", "test")
+
+
+def split_record(fractions, seed: int, splits: dict[str, list[str]], dataset_digest: str | None = None) -> dict:
+    """A training split as plain JSON: fractions [3], seed, the trajectory ids of each split, data digest."""
+    rec = {"fractions": [float(f) for f in fractions], "seed": int(seed),
+           **{k: sorted(str(t) for t in splits.get(k, [])) for k in SPLIT_KEYS}}
+    if dataset_digest is not None:
+        rec["dataset_digest"] = str(dataset_digest)
+    return rec
+
+
+def _check_split_record(rec, source: str) -> dict | None:
+    if rec is None:
+        return None
+    if not isinstance(rec, dict) or any(not isinstance(rec.get(k), list) for k in SPLIT_KEYS):
+        raise ValueError(f"{source}: 'training_split' must hold lists 'train', 'validation' and 'test' of "
+                         f"trajectory ids, got {rec!r}")
+    return rec
 TOPOLOGY = "topology.pdb"
 WEIGHTS = "weights.pt"
 
@@ -58,6 +81,8 @@ class Backmapper(ABC):
     """
 
     family: str = "?"
+    #: The training split (see the module docstring); None when unknown.
+    training_split: dict | None = None
     #: True when each frame is backmapped on its own (no AA(t-1)): requests may then be
     #: concatenated along frames (Serve's batching) without changing any answer's distribution.
     frames_independent: bool = False
@@ -98,6 +123,17 @@ class Backmapper(ABC):
         """Rebuild from what ``_config`` and ``_state`` returned."""
 
     # -- shared behaviour -----------------------------------------------------
+    def recorded_split(self) -> dict | None:
+        """The split this model was trained on ({fractions, seed, train, validation, test}), or None.
+
+        Set by the trainer (``info["training_split"]`` of the Ray Train families,
+        ``training_split`` of the baselines) and kept by ``save``/``load_backmapper``.
+        """
+        rec = self.training_split
+        if rec is None:
+            rec = (getattr(self, "info", None) or {}).get("training_split")
+        return _check_split_record(rec, f"{self.family} model")
+
     @property
     def label(self) -> str:
         """Name on the leaderboard: the family, plus the variant where a family has several."""
@@ -148,6 +184,8 @@ class Backmapper(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"family": self.family, "config": self._config(), "mapping": self.mapping.to_dict()}
+        if self.recorded_split() is not None:
+            meta["training_split"] = self.recorded_split()
         (folder / META).write_text(json.dumps(meta, indent=1))
         md.Trajectory(np.zeros((1, self.topology.n_atoms, 3), np.float32), self.topology).save_pdb(str(folder / TOPOLOGY))
         state = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().cpu()
@@ -188,4 +226,7 @@ def load_backmapper(folder: str | Path) -> Backmapper:
     cls = _import(FAMILIES[family])
     topology = md.load_topology(str(folder / TOPOLOGY))
     state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True) if (folder / WEIGHTS).is_file() else {}
-    return cls._from_saved(topology, CGMapping.from_dict(meta["mapping"]), meta["config"], state)
+    bm = cls._from_saved(topology, CGMapping.from_dict(meta["mapping"]), meta["config"], state)
+    if meta.get("training_split") is not None:
+        bm.training_split = _check_split_record(meta["training_split"], str(meta_path))
+    return bm

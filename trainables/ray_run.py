@@ -149,7 +149,10 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
             datasets=data.datasets,
         )
         result = trainer.fit()
-        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system}
+        from finegrain.trainables.protocol import split_record
+
+        info = {"run_id": run_id, "dataset_digest": man.digest, "system": man.system,
+                "training_split": split_record(config.data.fractions, config.data.seed, splits, man.digest)}
         with result.checkpoint.as_directory() as ck_dir:
             ck_path = Path(result.checkpoint.path)
             bm = to_backmapper(ck_dir, info)

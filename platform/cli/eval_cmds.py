@@ -24,8 +24,8 @@ def evaluate(
     seed: int = typer.Option(0, help="Random seed for sampling."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
     lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: 5 ps ADP, 4 ns chignolin)."),
-    split: str = typer.Option("all", help="Shard reference: all trajectories, or the train/validation/test split "
-                                          "of the training defaults (fractions 0.8/0.1/0.1, seed 0)."),
+    split: str = typer.Option("all", help="Shard reference: all trajectories, or the model's own train/validation/"
+                                          "test trajectories as recorded when it was trained (fractions, seed, ids)."),
 ) -> None:
     """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
     from rich.console import Console
