@@ -102,11 +102,17 @@ class ReferenceSystem:
         return parse_feature_sets((self.definition.get("evaluation") or {}).get("features"),
                                   source=f"system {self.name}: evaluation.features")
 
-    @property
-    def evaluation_settings(self) -> dict[str, float]:
-        """``lag_ps`` and ``n_centres`` of the YAML's ``evaluation`` section (those given)."""
+    def evaluation_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``evaluate_frames`` from the YAML's ``evaluation`` section: ``features``,
+        ``kinetics`` (feature-set names for the MSM, in order of preference) and, where given, ``lag_ps``
+        (float) and ``n_centres`` (int)."""
         ev = self.definition.get("evaluation") or {}
-        return {k: ev[k] for k in ("lag_ps", "n_centres") if k in ev}
+        out: dict[str, Any] = {"features": self.feature_sets, "kinetics": list(ev.get("kinetics") or [])}
+        if "lag_ps" in ev:
+            out["lag_ps"] = float(ev["lag_ps"])
+        if "n_centres" in ev:
+            out["n_centres"] = int(ev["n_centres"])
+        return out
 
     def mapping(self, name_or_path: str | Path) -> CGMapping:
         """A CG mapping by name (from this system's specs) or from a YAML file."""

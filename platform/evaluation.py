@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from finegrain.platform import plots
+from finegrain.platform.metrics.floors import N_BOOTSTRAP, score_with_floor
+from finegrain.platform.metrics.landscape import MIN_FES_FRAMES
+
 __all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "leaderboard", "EVAL_EXPERIMENT"]
 
 EVAL_EXPERIMENT = "finegrain-evaluation"
+#: Scores shown against their floors in the ``score_vs_floor`` plot.
+FLOOR_PLOT_METRICS = ("js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol", "energy_p99_excess_kj_mol",
+                      "kl_fes", "js_velocity")
 #: Leaderboard columns: (metric, better) — lower is better for all of these.
 KEY_METRICS = ("rmsd_cg_nm", "js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol",
                "energy_p99_excess_kj_mol", "clash_fraction", "kl_fes", "its_ratio_1", "js_velocity",
@@ -131,6 +138,16 @@ def _energy_fn(system: str):
     return fn
 
 
+def _system_settings(system: str, lag_ps: float | None) -> dict:
+    """``evaluate_frames`` keywords of a shipped system (its YAML's evaluation section); none for others."""
+    from finegrain.datasets.systems import available_systems, get_system
+
+    settings = get_system(system).evaluation_kwargs() if system in available_systems() else {}
+    if lag_ps is not None:
+        settings["lag_ps"] = float(lag_ps)
+    return settings
+
+
 def _model_run_id(model: str) -> str | None:
     if model.startswith("runs:/"):
         return model.split("/")[1]
@@ -149,13 +166,20 @@ def _model_run_id(model: str) -> str | None:
 def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None, cg: str | Path | None = None,
              cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
              experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
-             lag_ps: float | None = None, split: str = "all") -> EvalResult:
+             lag_ps: float | None = None, split: str = "all", min_frames: int = MIN_FES_FRAMES,
+             bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None) -> EvalResult:
     """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
 
     split : "all" trajectories of a shard reference, or the model's own "train", "validation" or
     "test" trajectories as recorded when it was trained (InputError naming ``--split`` when the
     model has no record). The manifest's constraint record keeps constrained bonds out of the
     bond JS (scored as ``mae_constrained_bond_nm``).
+    min_frames : fewest reference frames for free-energy surfaces and MSMs (ValueError naming
+    ``--min-frames`` below it, when the system declares evaluation features).
+    bootstrap : block-bootstrap replicates for the 95 % intervals (0: none).
+    floor_reference : an independent reference run (shard folder or trajectory) for the noise
+    floors; default: the two halves of ``reference``
+    (:mod:`finegrain.platform.metrics.floors`).
     """
     import mdtraj as md
 
@@ -191,11 +215,30 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     if cg is not None:
         backmapped["time_ps"] = np.asarray(cg_traj.time, np.float64)
     backmapped = {k: v for k, v in backmapped.items() if v is not None}
-    metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, system,
-                                       energy_fn=_energy_fn(system), seed=seed, lag_ps=lag_ps,
-                                       constraints=ref.get("constraints"))
+    settings = _system_settings(system, lag_ps)
+    energy_fn = _energy_fn(system)
+    for d in (ref, backmapped):  # once here, so bootstrap replicates resample energies instead of recomputing
+        if energy_fn is not None and np.all(np.isnan(np.asarray(d.get("energy_kj_mol", np.nan), np.float64))):
+            d["energy_kj_mol"] = energy_fn(np.asarray(d["aa_xyz_nm"], np.float64))
+    try:
+        metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, seed=seed, min_frames=min_frames,
+                                           constraints=ref.get("constraints"), **settings)
+    except ValueError as exc:
+        if "min_frames" in str(exc):
+            raise InputError(f"reference {reference}: {exc}".replace("min_frames / --min-frames", "--min-frames"))
+        raise
+
+    def score(r: dict, b: dict) -> dict[str, float]:
+        return evaluate_frames(r, b, bm.topology, bm.mapping, seed=seed, make_figures=False,
+                               constraints=ref.get("constraints"), **settings)[0]
+
+    second = None if floor_reference is None else load_reference(floor_reference, bm.mapping, top)
+    metrics = score_with_floor(score, ref, backmapped, second_reference=second, n_boot=bootstrap, seed=seed,
+                               estimate=metrics)
     metrics["frames_per_s"] = samples_xyz.shape[0] * samples_xyz.shape[1] / max(seconds, 1e-9)
+    figures["score_vs_floor"] = plots.plot_scores_vs_floors(metrics, FLOOR_PLOT_METRICS)
     tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
+            "temporal": str(not bm.frames_independent).lower(), "floor": "independent run" if second else "halves",
             "model_label": bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
             "cg_hash": cg_hash, "evaluation": kind, "split": split}
     report = _write_report(out, metrics, tags, figures) if out is not None else None

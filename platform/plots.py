@@ -150,3 +150,30 @@ def plot_velocity_distributions(ref_speeds, bm_speeds, edges, scale: float | Non
     ax.set_ylabel("density")
     ax.legend()
     return fig
+
+
+def plot_scores_vs_floors(metrics: dict, names: Sequence[str]):
+    """Each score as a multiple of its noise floor (log axis), with its 95 % interval and the floor's.
+
+    metrics : evaluation metrics holding ``m``, ``m_floor`` and optionally ``m_ci_lo/hi``,
+    ``m_floor_ci_lo/hi`` (see finegrain.platform.metrics.floors); names without a positive
+    floor are left out. A bar at 1 is as good as a second reference run.
+    """
+    rows = [n for n in names if n in metrics and metrics.get(f"{n}_floor", 0) > 0]
+    fig = new_figure(7.0, 0.45 * max(len(rows), 1) + 1.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for y, n in enumerate(rows):
+        f = metrics[f"{n}_floor"]
+        ratio = max(metrics[n] / f, 1e-3)
+        lo, hi = (metrics.get(f"{n}_ci_lo", metrics[n]), metrics.get(f"{n}_ci_hi", metrics[n]))
+        ax.barh(y, ratio, color="tab:blue", alpha=0.7)
+        ax.errorbar(ratio, y, xerr=[[max(ratio - max(lo / f, 1e-3), 0)], [max(hi / f - ratio, 0)]], color="k",
+                    capsize=3)
+        flo, fhi = metrics.get(f"{n}_floor_ci_lo", f) / f, metrics.get(f"{n}_floor_ci_hi", f) / f
+        ax.fill_betweenx([y - 0.4, y + 0.4], max(flo, 1e-3), max(fhi, 1e-3), color="tab:grey", alpha=0.3)
+    ax.axvline(1.0, color="tab:grey", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xscale("log")
+    ax.set_xlabel("score / reference noise floor (grey: floor's 95 % interval)")
+    ax.set_title("scores against the reference-vs-reference floor")
+    return fig

@@ -12,7 +12,11 @@ import pytest
 from finegrain.platform.evaluation import evaluate, leaderboard
 from finegrain.platform.shards import Manifest
 from finegrain.platform.validation import InputError
+from finegrain.datasets.systems import get_system
 from finegrain.trainables.baseline_fit import fit_baseline
+
+#: the suite's shards are tiny (2 x 50 frames): allow FES/MSM on them, and few bootstrap replicates
+SMALL = {"min_frames": 0, "bootstrap": 8}
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +28,18 @@ def test_evaluation_run_holds_metrics_plots_and_tags(stack, adp_shards, baseline
     from mlflow import MlflowClient
 
     _, uri = baselines["nullspace"]
-    res = evaluate(uri, adp_shards, samples=2, out=tmp_path / "ns")
+    res = evaluate(uri, adp_shards, samples=2, out=tmp_path / "ns", **SMALL)
     assert res.metrics["rmsd_cg_nm"] < 1e-6  # the fibre construction is exactly CG-consistent
     assert res.metrics["diversity_rmsd_nm"] > 0.01  # two samples of the same CG frame differ
-    assert res.metrics["kl_fes"] == pytest.approx(0.0, abs=1e-12)  # backbone6 beads fix phi and psi
+    # backbone6 beads fix phi and psi: a CG-consistency check, zero on the fibre; omega is left free
+    assert res.metrics["cg_kl_fes_ramachandran"] == pytest.approx(0.0, abs=1e-12)
+    assert res.metrics["kl_fes"] == res.metrics["kl_fes_omega"] > 0.0
+    assert res.metrics["n_frames"] == Manifest.load(adp_shards).n_frames
+    # every score beside its floor (the reference's two halves) and 95 % intervals
+    for k in ("js_bonds", "js_angles", "w1_energy_kj_mol", "kl_fes"):
+        assert res.metrics[f"{k}_ci_lo"] <= res.metrics[k] <= res.metrics[f"{k}_ci_hi"], k
+        assert res.metrics[f"{k}_floor_ci_lo"] <= res.metrics[f"{k}_floor"] <= res.metrics[f"{k}_floor_ci_hi"], k
+        assert res.metrics[f"{k}_over_floor"] == pytest.approx(res.metrics[k] / res.metrics[f"{k}_floor"])
     client = MlflowClient(stack.mlflow_uri)
     run = client.get_run(res.run_id)
     assert set(res.metrics) <= set(run.data.metrics)
@@ -37,10 +49,18 @@ def test_evaluation_run_holds_metrics_plots_and_tags(stack, adp_shards, baseline
     assert tags["model_run_id"] == uri.split("/")[1] and tags["family"] == "nullspace"
     assert tags["data_hash"] == Manifest.load(adp_shards).digest and tags["evaluation"] == "in-distribution"
     plots = {Path(a.path).name for a in client.list_artifacts(res.run_id, "plots")}
-    assert {"bonds.png", "angles.png", "dihedrals.png", "energy.png", "fes.png"} <= plots
+    assert {"bonds.png", "angles.png", "dihedrals.png", "energy.png", "fes_omega.png", "fes_ramachandran.png",
+            "score_vs_floor.png"} <= plots
     report = json.loads((tmp_path / "ns" / "report.json").read_text())
     assert report["metrics"] == pytest.approx(res.metrics)
     assert (tmp_path / "ns" / "energy.png").stat().st_size > 1000
+
+
+def test_too_few_frames_for_fes_and_msm_are_refused_naming_the_flag(stack, adp_shards, baselines):
+    _, uri = baselines["nullspace"]
+    n = Manifest.load(adp_shards).n_frames
+    with pytest.raises(InputError, match=f"{n} frames; free-energy surfaces and MSMs need >= 1000.*--min-frames"):
+        evaluate(uri, adp_shards, log=False)
 
 
 def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, baselines, tmp_path):
@@ -52,8 +72,8 @@ def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, ba
     cg.save_dcd(str(tmp_path / "cg.dcd"))
     cg[0].save_pdb(str(tmp_path / "cg.pdb"))
     gen = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", cg=tmp_path / "cg.dcd",
-                   cg_top=tmp_path / "cg.pdb", log=False)
-    ind = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", log=False)
+                   cg_top=tmp_path / "cg.pdb", log=False, **SMALL)
+    ind = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", log=False, **SMALL)
     for k in ("js_bonds", "js_angles", "js_dihedrals", "mean_bond_error_nm", "clash_fraction"):
         assert gen.metrics[k] == pytest.approx(ind.metrics[k], abs=1e-12)
     assert gen.metrics["rmsd_cg_nm"] < 1e-5  # the CG file holds float32 coordinates
@@ -63,14 +83,14 @@ def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, ba
     bad[0].save_pdb(str(tmp_path / "bad.pdb"))
     with pytest.raises(InputError, match=r"5 beads.*'backbone6' has 6"):
         evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", cg=tmp_path / "bad.dcd",
-                 cg_top=tmp_path / "bad.pdb", log=False)
+                 cg_top=tmp_path / "bad.pdb", log=False, **SMALL)
 
 
 def test_em_baseline_and_the_leaderboard(stack, adp_shards, baselines, tmp_path):
     _, em_uri = baselines["em"]
     _, ns_uri = baselines["nullspace"]
-    em = evaluate(em_uri, adp_shards, out=tmp_path / "em")
-    ns = evaluate(ns_uri, adp_shards, out=tmp_path / "ns")
+    em = evaluate(em_uri, adp_shards, out=tmp_path / "em", **SMALL)
+    ns = evaluate(ns_uri, adp_shards, out=tmp_path / "ns", **SMALL)
     assert em.metrics["rmsd_cg_nm"] < 0.02  # soft restraints: close to, not exactly on, the CG
     # minimisation relaxes the constrained X-H bonds to r0 (scored apart from the heavy-bond JS, issue 14)
     # and removes the null-space sampler's high-energy tail
@@ -152,7 +172,7 @@ def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_
     assert recorded["test"] != default_test and len(recorded["test"]) == 1
     assert sorted(recorded["train"] + recorded["validation"] + recorded["test"]) == sorted(man.trajectories)
 
-    res = evaluate(str(folder), four_traj_shards, split="test", log=False, out=tmp_path / "eval")
+    res = evaluate(str(folder), four_traj_shards, split="test", log=False, out=tmp_path / "eval", **SMALL)
     tags = json.loads((tmp_path / "eval" / "report.json").read_text())["tags"]
     ids_hash = hashlib.sha256(",".join(recorded["test"]).encode()).hexdigest()[:8]
     assert tags["data_hash"] == f"{man.digest}:test-{ids_hash}" and tags["split"] == "test"
@@ -162,7 +182,8 @@ def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_
     assert set(ref["traj_id"].tolist()) == set(recorded["test"])
     xyz, _ = backmap_trajectories(bm, ref["cg_xyz_nm"].astype(np.float64), ref["traj_id"], 1, 0)
     direct, _ = evaluate_frames(ref, {"aa_xyz_nm": xyz[0], "cg_xyz_nm": ref["cg_xyz_nm"]}, bm.topology, bm.mapping,
-                                "adp", constraints=man.constraint_arrays(), make_figures=False)
+                                **get_system("adp").evaluation_kwargs(), constraints=man.constraint_arrays(),
+                                make_figures=False)
     for k in ("rmsd_cg_nm", "js_bonds", "js_angles", "bond_score", "mae_constrained_bond_nm"):
         assert res.metrics[k] == pytest.approx(direct[k], rel=1e-9, abs=1e-12), k
     assert not any(k.startswith("js_bond_") and "H" in k for k in res.metrics)  # X-H bonds out of the JS
@@ -175,12 +196,12 @@ def test_a_model_without_a_recorded_split_is_refused_naming_split(adp_shards, tm
     model.save(tmp_path / "with")
     rec = load_backmapper(tmp_path / "with").recorded_split()
     assert rec["seed"] == 3 and rec["validation"] == split_trajectories_of(adp_shards, 3)
-    ref = evaluate(str(tmp_path / "with"), adp_shards, split="validation", log=False)
+    ref = evaluate(str(tmp_path / "with"), adp_shards, split="validation", log=False, **SMALL)
     assert ref.metrics["rmsd_cg_nm"] < 1e-6
     model.training_split = None
     model.save(tmp_path / "without")
     with pytest.raises(InputError, match="--split test.*no recorded training split"):
-        evaluate(str(tmp_path / "without"), adp_shards, split="test", log=False)
+        evaluate(str(tmp_path / "without"), adp_shards, split="test", log=False, **SMALL)
 
 
 def split_trajectories_of(shards, seed):

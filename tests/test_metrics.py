@@ -26,6 +26,10 @@ from finegrain.platform.metrics import (
 )
 from finegrain.platform.metrics.kinetics import compare_msms, estimate_msm, kinetics_from_features, left_eigenvectors
 
+#: evaluate_frames settings of the shipped systems (feature sets, lag, states) from the systems YAML
+ADP = get_system("adp").evaluation_kwargs()
+CLN = get_system("chignolin").evaluation_kwargs()
+
 
 @pytest.fixture(scope="module")
 def adp_ref(tmp_path_factory):
@@ -182,7 +186,7 @@ def test_velocities_and_diversity_analytic():
 def test_reference_against_itself_gives_zero_divergences(adp_ref):
     frames, top, mapping = adp_ref
     samples = np.stack([frames["aa_xyz_nm"], frames["aa_xyz_nm"] + 0.01])
-    metrics, figures = evaluate_frames(frames, {**frames, "samples": samples}, top, mapping, "adp")
+    metrics, figures = evaluate_frames(frames, {**frames, "samples": samples}, top, mapping, **ADP)
     for name, value in metrics.items():
         if name.startswith(("js_", "kl_", "w1_", "mae_", "mean_bond", "energy_p99", "energy_mean", "rmsd_cg")):
             assert value == pytest.approx(0.0, abs=1e-12), name
@@ -193,7 +197,7 @@ def test_reference_against_itself_gives_zero_divergences(adp_ref):
     assert metrics["clash_fraction"] == 0.0 and metrics["diversity_rmsd_nm"] == pytest.approx(0.01 * np.sqrt(3))
     assert {"js_bonds", "js_angles", "js_dihedrals", "kl_fes", "w1_energy_kj_mol", "js_velocity"} <= set(metrics)
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
-    assert {"bonds", "angles", "energy", "fes", "implied_timescales", "velocities"} <= set(figures)
+    assert {"bonds", "angles", "energy", "fes_ramachandran", "fes_omega", "implied_timescales", "velocities"} <= set(figures)
     for name, fig in figures.items():  # every figure renders on the Agg canvas
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=50)
@@ -205,13 +209,13 @@ def test_distorted_backmapping_is_detected(adp_ref):
     rng = np.random.default_rng(5)
     noisy = frames["aa_xyz_nm"] + rng.normal(0.0, 0.02, frames["aa_xyz_nm"].shape)
     metrics, _ = evaluate_frames(frames, {"aa_xyz_nm": noisy, "energy_kj_mol": frames["energy_kj_mol"] + 50.0},
-                                 top, mapping, "adp", make_figures=False)
+                                 top, mapping, **ADP, make_figures=False)
     assert metrics["js_bonds"] > 0.3 and metrics["mae_bond_nm"] > 0.01
     assert metrics["rmsd_cg_nm"] == pytest.approx(0.02 * np.sqrt(3), rel=0.15)
     assert metrics["w1_energy_kj_mol"] == pytest.approx(50.0)
     # temporally incoherent: the reference frames in random order keep every static distribution ...
     shuffled = frames["aa_xyz_nm"][rng.permutation(len(noisy))]
-    metrics, _ = evaluate_frames(frames, {"aa_xyz_nm": shuffled}, top, mapping, "adp", make_figures=False)
+    metrics, _ = evaluate_frames(frames, {"aa_xyz_nm": shuffled}, top, mapping, **ADP, make_figures=False)
     assert metrics["js_bonds"] == pytest.approx(0.0, abs=1e-12) and metrics["kl_fes"] == pytest.approx(0.0, abs=1e-12)
     # ... but not the frame-to-frame velocities
     assert metrics["js_velocity"] > 0.05 and metrics["velocity_scale_factor"] < 0.8
@@ -228,19 +232,19 @@ def test_chignolin_tica_branch_self_consistent():
         noise = 0.9 * noise + 0.005 * rng.standard_normal(noise.shape)
         x[t] = ref.positions_nm + noise
     frames = {"aa_xyz_nm": x, "time_ps": np.arange(300.0)}
-    metrics, figures = evaluate_frames(frames, dict(frames), top, mapping, "chignolin", lag_ps=3.0)
+    metrics, figures = evaluate_frames(frames, dict(frames), top, mapping, **{**CLN, "lag_ps": 3.0})
     assert metrics["kl_fes"] == 0.0 and metrics["tica_lag_ps"] == 3.0
     assert metrics["its_ratio_1"] == pytest.approx(1.0) and metrics["evec_cos_1"] == pytest.approx(1.0)
-    assert "fes" in figures and "implied_timescales" in figures
+    assert "fes_backbone" in figures and "implied_timescales" in figures
     with pytest.warns(UserWarning, match="MSM skipped"):  # the default 4 ns lag is longer than the data
-        metrics, _ = evaluate_frames(frames, dict(frames), top, mapping, "chignolin", make_figures=False)
+        metrics, _ = evaluate_frames(frames, dict(frames), top, mapping, **CLN, make_figures=False)
     assert "its_ratio_1" not in metrics and "kl_fes" in metrics
 
 
 def test_bad_arguments_are_named(adp_ref):
     frames, top, mapping = adp_ref
     with pytest.raises(ValueError, match="backmapped"):
-        evaluate_frames(frames, {"aa_xyz_nm": frames["aa_xyz_nm"][:, :5]}, top, mapping, "adp")
+        evaluate_frames(frames, {"aa_xyz_nm": frames["aa_xyz_nm"][:, :5]}, top, mapping, **ADP)
     with pytest.raises(ValueError, match="time_ps"):
         frame_velocities(frames["aa_xyz_nm"], time_ps=np.zeros(3))
 
@@ -285,7 +289,7 @@ def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
     off = _place_h(x, pairs, r0 + 0.004, top)  # every X-H 0.004 nm too long
     assert constrained_bond_mae(off, (pairs, r0)) == pytest.approx(0.004, rel=1e-9)
     rows = np.c_[pairs, r0]  # the manifest's [i, j, r0] rows are accepted as well
-    m, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, "adp", constraints=rows, make_figures=False)
+    m, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, **ADP, constraints=rows, make_figures=False)
     assert m["mae_constrained_bond_nm"] == pytest.approx(0.004, rel=1e-9)
     assert m["mae_constrained_bond_nm_ref"] < 1e-5
     # moving only the H atoms leaves the (heavy-atom) bond JS exactly at zero; no X-H class is reported
@@ -293,7 +297,7 @@ def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
     assert not any(k.startswith("js_bond_") and "H" in k for k in m)
     assert {"js_bond_C-C", "js_bond_C-N", "js_bond_C-O"} <= set(m)
     # without the record the same X-H shift dominates the JS (delta functions one bin apart and more)
-    m0, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, "adp", make_figures=False)
+    m0, _ = evaluate_frames(frames, {"aa_xyz_nm": off}, top, mapping, **ADP, make_figures=False)
     assert m0["js_bonds"] > 0.3 and "mae_constrained_bond_nm" not in m0 and m0["js_bond_C-H"] > 0.5
     # the JS excluding constraints is the JS over the remaining bonds only (mdtraj topology without H)
     res = internal_js(x[:100], off[100:], top, "bonds", exclude=pairs)
@@ -301,9 +305,9 @@ def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
     sub = internal_js(x[:100, heavy], off[100:, heavy], top.subset(heavy), "bonds")
     assert res["js"] == pytest.approx(sub["js"], rel=1e-12) and set(res["per_class"]) == set(sub["per_class"])
     with pytest.raises(ValueError, match="constraints"):
-        evaluate_frames(frames, frames, top, mapping, "adp", constraints=np.c_[pairs, r0][:, :2], make_figures=False)
+        evaluate_frames(frames, frames, top, mapping, **ADP, constraints=np.c_[pairs, r0][:, :2], make_figures=False)
     with pytest.raises(ValueError, match="constraints"):
-        evaluate_frames(frames, frames, top, mapping, "adp", constraints=(pairs + 100, r0), make_figures=False)
+        evaluate_frames(frames, frames, top, mapping, **ADP, constraints=(pairs + 100, r0), make_figures=False)
 
 
 def test_heavy_bond_js_of_noisy_copy_far_above_the_reference_floor(adp_ref):
@@ -381,7 +385,7 @@ def test_diversity_score_against_mdtraj_rmsd(adp_ref):
     assert diversity_score(s, x) == pytest.approx(1.0 - between / to_ref, rel=1e-4)
     assert diversity_score(s, x) == pytest.approx(1.0 - np.sqrt(2.0), abs=0.05)  # independent errors
     assert diversity_score(np.stack([s[0], s[0]]), x) == pytest.approx(1.0)  # identical samples
-    m, _ = evaluate_frames({"aa_xyz_nm": x}, {"aa_xyz_nm": s[0], "samples": s}, top, adp_ref[2], "adp",
+    m, _ = evaluate_frames({"aa_xyz_nm": x}, {"aa_xyz_nm": s[0], "samples": s}, top, adp_ref[2], **ADP,
                            make_figures=False)
     assert m["diversity_score"] == pytest.approx(diversity_score(s, x)) and "diversity_rmsd_nm" in m
     with pytest.raises(ValueError, match="ref_xyz"):

@@ -23,7 +23,14 @@ def evaluate(
     samples: int = typer.Option(1, help="Samples per CG frame (diversity)."),
     seed: int = typer.Option(0, help="Random seed for sampling."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
-    lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: 5 ps ADP, 4 ns chignolin)."),
+    lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: the system's, e.g. 5 ps ADP, 4 ns "
+                                                      "chignolin)."),
+    min_frames: int = typer.Option(1000, help="Fewest reference frames for free-energy surfaces and MSMs "
+                                              "(fewer are refused)."),
+    bootstrap: int = typer.Option(20, help="Block-bootstrap replicates for the 95 % intervals (0: none)."),
+    floor_reference: Optional[Path] = typer.Option(None, help="An independent reference run (shard folder, or "
+                                                              "trajectory with --top) for the noise floors; "
+                                                              "default: the two halves of --reference."),
     split: str = typer.Option("all", help="Shard reference: all trajectories, or the model's own train/validation/"
                                           "test trajectories as recorded when it was trained (fractions, seed, ids)."),
 ) -> None:
@@ -33,7 +40,7 @@ def evaluate(
     from finegrain.platform.evaluation import evaluate as run
 
     res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
-              split=split)
+              split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference)
     console = Console()
     for k in sorted(res.metrics):
         console.print(f"{k:32s} {res.metrics[k]:.6g}")

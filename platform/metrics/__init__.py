@@ -32,8 +32,8 @@ from finegrain.platform.metrics.fes import (
     tica_project,
 )
 from finegrain.platform.metrics.kinetics import (
-    LAG_PS,
-    N_CENTRES,
+    DEFAULT_LAG_PS,
+    DEFAULT_N_CENTRES,
     compare_msms,
     estimate_msm,
     implied_timescales,
@@ -65,7 +65,7 @@ __all__ = [
     "TAIL_PERCENTILE", "energy_metrics", "tail_excess",
     "RAMACHANDRAN_EDGES_RAD", "ca_distances", "compare_fes", "fit_tica", "histogram_2d", "ramachandran",
     "tica_project",
-    "LAG_PS", "N_CENTRES", "compare_msms", "estimate_msm", "implied_timescales", "kinetics_from_features",
+    "DEFAULT_LAG_PS", "DEFAULT_N_CENTRES", "compare_msms", "estimate_msm", "implied_timescales", "kinetics_from_features",
     "ANGLE_EDGES_RAD", "BOND_EDGES_NM", "CLASH_THRESHOLD_NM", "DIHEDRAL_EDGES_RAD", "bond_length_errors",
     "cg_rmsd", "clash_fraction", "diversity_rmsd", "internal_js",
     "VELOCITY_EDGES_NM_PS", "frame_velocities", "frames_per_second", "measure_throughput", "velocity_metrics",

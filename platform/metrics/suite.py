@@ -1,6 +1,6 @@
 """One entry point: every applicable metric and figure for reference vs backmapped frames.
 
-``evaluate_frames(reference, backmapped, topology, mapping, system)`` where
+``evaluate_frames(reference, backmapped, topology, mapping, features)`` where
 each dict holds (the keys of ``finegrain.platform.shards.read_frames``):
 
 - ``aa_xyz_nm`` [F, N, 3] (required),
@@ -22,10 +22,13 @@ Metric names (flat, MLflow-safe; non-finite values are left out):
 pairs, nm; only with ``constraints``); ``mean_bond_error_nm``, ``mae_bond_nm``;
 ``bond_score`` (FlowBack: fraction of bonds within 10 % of their mean reference
 length); ``clash_fraction``, ``clash_fraction_ref``; ``clash_score`` (FlowBack:
-% of residues with a heavy-atom contact < 0.12 nm); energies (see energy.py); ``kl_fes``, ``js_fes`` (ADP:
-Ramachandran; chignolin: 2-D TICA of the 45 CA-CA distances); ``msm_lag_ps``,
-``msm_n_states``, ``msm_mutual_states``, ``its_ref_ps_i``, ``its_bm_ps_i``,
-``its_ratio_i``, ``evec_cos_i`` (i = 1..3); velocities (see temporal.py);
+% of residues with a heavy-atom contact < 0.12 nm); energies (see energy.py);
+per declared feature set ``kl_fes_<set>``, ``js_fes_<set>`` (``cg_kl_fes_<set>``,
+``cg_js_fes_<set>`` for sets the beads fix: a CG-consistency check), the
+headline ``kl_fes``, ``js_fes`` and MSM on the first set the beads leave free
+(see landscape.py): ``msm_lag_ps``, ``msm_n_states``, ``msm_mutual_states``,
+``msm_resolved``, ``its_ref_ps_i``, ``its_bm_ps_i``, ``its_ratio_i``,
+``evec_cos_i`` (i = 1..3); ``n_frames``, ``n_frames_bm``; velocities (see temporal.py);
 ``diversity_rmsd_nm``; ``diversity_score`` (FlowBack: 1 - mean sample-sample
 RMSD / mean sample-reference RMSD, superposed; K >= 2 samples of paired frames).
 """
@@ -33,15 +36,14 @@ RMSD / mean sample-reference RMSD, superposed; K >= 2 samples of paired frames).
 from __future__ import annotations
 
 import re
-import warnings
 from typing import Callable
 
 import numpy as np
 
 from finegrain.platform import plots
 from finegrain.platform.metrics import energy as _energy
-from finegrain.platform.metrics import fes as _fes
 from finegrain.platform.metrics import kinetics as _kin
+from finegrain.platform.metrics import landscape as _land
 from finegrain.platform.metrics import structure as _st
 from finegrain.platform.metrics import temporal as _tmp
 
@@ -74,24 +76,23 @@ def _energies(d: dict, xyz: np.ndarray, energy_fn) -> np.ndarray | None:
     return None if energy_fn is None else np.asarray(energy_fn(xyz), np.float64).reshape(-1)
 
 
-def _feasible(lengths: list[int], lag: int) -> bool:
-    return any(n > 2 * lag for n in lengths)
-
-
-def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system: str, *,
-                    lag_ps: float | None = None, n_centres: int | None = None,
+def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, features=(), *,
+                    lag_ps: float | None = None, n_centres: int | None = None, min_frames: int = 0, kinetics=None,
                     n_timescales: int = _kin.N_TIMESCALES, dt_ps: float | None = None,
                     energy_fn: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0,
                     make_figures: bool = True, constraints=None) -> tuple[dict[str, float], dict]:
     """Compare backmapped with reference AA frames; returns (metrics, figures).
 
     topology : mdtraj.Topology of N atoms; mapping : CGMapping [n, N];
-    system : "adp" (Ramachandran FES and MSM on (cos, sin) of phi/psi),
-    "chignolin" (TICA FES and MSM on the 45 CA-CA distances) or any other name
-    (generic: no FES/MSM). lag_ps / n_centres default to
-    :data:`~finegrain.platform.metrics.kinetics.LAG_PS` /
-    :data:`~finegrain.platform.metrics.kinetics.N_CENTRES`; MSM metrics are skipped
-    (with a warning) when no trajectory is longer than twice the lag. dt_ps:
+    features : the system's evaluation feature sets (``ReferenceSystem.feature_sets``,
+    declared in the systems YAML; empty: no FES/MSM). lag_ps / n_centres (the
+    system's ``evaluation`` settings) default to
+    :data:`~finegrain.platform.metrics.kinetics.DEFAULT_LAG_PS` /
+    :data:`~finegrain.platform.metrics.kinetics.DEFAULT_N_CENTRES`; MSM metrics are skipped
+    (with a warning) when no trajectory is longer than twice the lag. min_frames:
+    fewer reference frames raise ValueError when there are features (the evaluation
+    job uses :data:`~finegrain.platform.metrics.landscape.MIN_FES_FRAMES`). kinetics:
+    feature-set names for the MSM in order of preference (default: ``features``' order). dt_ps:
     time between frames when ``time_ps`` is absent (default 1 ps).
     energy_fn : [F, N, 3] nm -> [F] kJ/mol, used where energies are missing.
     constraints : the reference's constrained distances, (pairs [C, 2] atom
@@ -109,11 +110,14 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
     cons = _st.check_constraints(constraints, n_atoms)
     ref = _st.check_frames(reference["aa_xyz_nm"], "reference['aa_xyz_nm']", n_atoms)
     bm = _st.check_frames(backmapped["aa_xyz_nm"], "backmapped['aa_xyz_nm']", n_atoms)
+    if isinstance(features, str):
+        raise TypeError(f"features: expected feature sets (e.g. get_system({features!r}).feature_sets), "
+                        f"got the string {features!r}")
     paired = ref.shape[0] == bm.shape[0]
     ref_tid, ref_time = reference.get("traj_id"), reference.get("time_ps")
     bm_tid = backmapped.get("traj_id", ref_tid if paired else None)
     bm_time = backmapped.get("time_ps", ref_time if paired else None)
-    m: dict[str, float] = {}
+    m: dict[str, float] = {"n_frames": float(ref.shape[0]), "n_frames_bm": float(bm.shape[0])}
     figs: dict = {}
 
     # CG consistency
@@ -154,57 +158,14 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, system
     dt = infer_dt_ps(ref_time, ref_tid) or (float(dt_ps) if dt_ps else 1.0)
     dt_bm = infer_dt_ps(bm_time, bm_tid) or (float(dt_ps) if dt_ps else dt)
 
-    # free energy surfaces and kinetics
-    key = system if system in ("adp", "chignolin") else None
-    if key is not None:
-        ref_parts = _kin.split_trajectories(ref.shape[0], ref_tid)
-        bm_parts = _kin.split_trajectories(bm.shape[0], bm_tid)
-        lag = max(1, int(round((lag_ps if lag_ps is not None else _kin.LAG_PS[key]) / dt)))
-        feat_ref = feat_bm = None
-        if key == "adp":
-            phi_r, psi_r = _fes.ramachandran(ref, topology)
-            phi_b, psi_b = _fes.ramachandran(bm, topology)
-            edges = (_fes.RAMACHANDRAN_EDGES_RAD, _fes.RAMACHANDRAN_EDGES_RAD)
-            h_ref = _fes.histogram_2d(phi_r[:, 0], psi_r[:, 0], *edges)
-            h_bm = _fes.histogram_2d(phi_b[:, 0], psi_b[:, 0], *edges)
-            labels = ("phi (rad)", "psi (rad)")
-
-            def angles(phi, psi):
-                return np.stack([np.cos(phi[:, 0]), np.sin(phi[:, 0]), np.cos(psi[:, 0]), np.sin(psi[:, 0])], 1)
-
-            feat_ref, feat_bm = angles(phi_r, psi_r), angles(phi_b, psi_b)
-        else:
-            d_ref, d_bm = _fes.ca_distances(ref, topology), _fes.ca_distances(bm, topology)
-            tica_lag = lag if _feasible([p.size for p in ref_parts], lag) else 1
-            model = _fes.fit_tica([d_ref[p] for p in ref_parts], tica_lag, dim=2)
-            feat_ref, feat_bm = _fes.tica_project(model, d_ref), _fes.tica_project(model, d_bm)
-            edges = _fes.tica_edges(feat_ref)
-            h_ref = _fes.histogram_2d(feat_ref[:, 0], feat_ref[:, 1], *edges)
-            h_bm = _fes.histogram_2d(feat_bm[:, 0], feat_bm[:, 1], *edges)
-            labels = ("IC 1", "IC 2")
-            m["tica_lag_ps"] = tica_lag * dt
-        fes = _fes.compare_fes(h_ref, h_bm)
-        m["kl_fes"], m["js_fes"] = fes["kl"], fes["js"]
-        if make_figures:
-            figs["fes"] = plots.plot_fes_pair(h_ref, h_bm, edges[0], edges[1], labels)
-        bm_lag = max(1, int(round(lag * dt / dt_bm)))
-        if _feasible([p.size for p in ref_parts], lag) and _feasible([p.size for p in bm_parts], bm_lag):
-            kin = _kin.kinetics_from_features(
-                [feat_ref[p] for p in ref_parts], [feat_bm[p] for p in bm_parts], lag,
-                n_centres or _kin.N_CENTRES[key], dt=dt, k=n_timescales, seed=seed, lag_bm=bm_lag, dt_bm=dt_bm)
-            m["msm_lag_ps"] = lag * dt
-            m["msm_n_states"] = float(kin["centres"].shape[0])
-            m["msm_mutual_states"] = float(kin["n_mutual_states"])
-            for i in range(n_timescales):
-                m[f"its_ref_ps_{i + 1}"] = kin["its_ref"][i]
-                m[f"its_bm_ps_{i + 1}"] = kin["its_bm"][i]
-                m[f"its_ratio_{i + 1}"] = kin["its_ratio"][i]
-                m[f"evec_cos_{i + 1}"] = kin["evec_cos"][i]
-            if make_figures:
-                figs["implied_timescales"] = plots.plot_implied_timescales(kin["its_ref"], kin["its_bm"], lag=lag * dt)
-        else:
-            warnings.warn(f"evaluate_frames: MSM skipped, no trajectory longer than twice the lag of {lag * dt:g} ps",
-                          stacklevel=2)
+    # free energy surfaces and kinetics on the declared feature sets
+    land, land_figs = _land.landscape_metrics(
+        ref, bm, topology, mapping, list(features or ()), ref_tid=ref_tid, bm_tid=bm_tid, dt=dt, dt_bm=dt_bm,
+        lag_ps=_kin.DEFAULT_LAG_PS if lag_ps is None else float(lag_ps),
+        n_centres=n_centres or _kin.DEFAULT_N_CENTRES, n_timescales=n_timescales, seed=seed,
+        make_figures=make_figures, min_frames=min_frames, kinetics=kinetics)
+    m.update(land)
+    figs.update(land_figs)
 
     # temporal coherence
     v_ref = _tmp.frame_velocities(ref, ref_tid, ref_time, dt_ps=dt)
