@@ -143,7 +143,8 @@ def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
 
 def _baselines_and_leaderboard(cfg: DemoConfig, console: Console, made: dict) -> None:
     from finegrain.platform.cli.eval_cmds import leaderboard_table
-    from finegrain.platform.evaluation import evaluate, leaderboard
+    from finegrain.platform.evaluation import evaluate
+    from finegrain.platform.leaderboard import leaderboard, log_leaderboard
     from finegrain.trainables.baseline_fit import fit_baseline
 
     console.rule("[bold]5. baselines, evaluation on the held-out replica, leaderboard")
@@ -156,6 +157,7 @@ def _baselines_and_leaderboard(cfg: DemoConfig, console: Console, made: dict) ->
         console.print(f"evaluated {label}: MLflow run {res.run_id}, report {res.report}")
     made["leaderboard"] = leaderboard(cfg.system)
     console.print(leaderboard_table(made["leaderboard"], cfg.system))
+    log_leaderboard(made["leaderboard"], cfg.system)
 
 
 def _sweep(cfg: DemoConfig, console: Console, made: dict) -> None:

@@ -24,7 +24,7 @@ from finegrain.platform import plots
 from finegrain.platform.metrics.floors import N_BOOTSTRAP, score_with_floor
 from finegrain.platform.metrics.landscape import MIN_FES_FRAMES
 
-__all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "leaderboard", "EVAL_EXPERIMENT"]
+__all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "EVAL_EXPERIMENT"]
 
 EVAL_EXPERIMENT = "finegrain-evaluation"
 #: Scores shown against their floors in the ``score_vs_floor`` plot.
@@ -276,37 +276,3 @@ def _log(experiment, metrics, tags, figures, report, samples) -> str:
         if report is not None:
             mlflow.log_artifact(str(report))
         return run.info.run_id
-
-
-def leaderboard(system: str, experiment: str = EVAL_EXPERIMENT, data_hash: str | None = None,
-                evaluation: str | None = None) -> list[dict]:
-    """Latest evaluation of every model label on the same data (MLflow ``search_runs``).
-
-    data_hash : which data set (default: that of the most recent evaluation of ``system``).
-    Returns rows {model_label, family, run_id, model_uri, <KEY_METRICS>} sorted by js_bonds.
-    """
-    from mlflow import MlflowClient
-
-    from finegrain.platform.stack import tracking_uri
-
-    client = MlflowClient(tracking_uri())
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    filt = f"tags.system = '{system}'"
-    if evaluation:
-        filt += f" and tags.evaluation = '{evaluation}'"
-    runs = client.search_runs([exp.experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"],
-                              max_results=1000)
-    if not runs:
-        return []
-    data_hash = data_hash or runs[0].data.tags.get("data_hash")
-    rows: dict[str, dict] = {}
-    for r in runs:
-        t = r.data.tags
-        if t.get("data_hash") != data_hash or t.get("model_label") in rows:
-            continue
-        rows[t["model_label"]] = {"model_label": t["model_label"], "family": t.get("family"), "run_id": r.info.run_id,
-                                  "model_uri": t.get("model_uri"), "data_hash": data_hash,
-                                  **{k: r.data.metrics.get(k) for k in KEY_METRICS}}
-    return sorted(rows.values(), key=lambda row: (row["js_bonds"] is None, row["js_bonds"] or 0.0))

@@ -177,3 +177,22 @@ def plot_scores_vs_floors(metrics: dict, names: Sequence[str]):
     ax.set_xlabel("score / reference noise floor (grey: floor's 95 % interval)")
     ax.set_title("scores against the reference-vs-reference floor")
     return fig
+
+
+def plot_leaderboard(labels: Sequence[str], terms: Sequence[dict], composite: Sequence[float]):
+    """Models (rows, best first) x composite terms: log10(score / floor) as a heat map, with the composite."""
+    names = sorted({k for t in terms for k in t})
+    grid = np.array([[t.get(k, np.nan) for k in names] for t in terms], dtype=np.float64).reshape(len(terms), -1)
+    fig = new_figure(1.1 * max(len(names), 3) + 3.0, 0.5 * max(len(labels), 1) + 1.6)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(grid)) if grid.size else 1.0),
+                   aspect="auto")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), [f"{lab}  ({c:.2f})" for lab, c in zip(labels, composite)])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax, label="log10(score / reference floor)")
+    ax.set_title("leaderboard (composite in brackets; 0 = at the noise floor)")
+    return fig

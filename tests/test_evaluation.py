@@ -9,7 +9,8 @@ import mdtraj as md
 import numpy as np
 import pytest
 
-from finegrain.platform.evaluation import evaluate, leaderboard
+from finegrain.platform.evaluation import evaluate
+from finegrain.platform.leaderboard import composite_score, leaderboard
 from finegrain.platform.shards import Manifest
 from finegrain.platform.validation import InputError
 from finegrain.datasets.systems import get_system
@@ -96,14 +97,34 @@ def test_em_baseline_and_the_leaderboard(stack, adp_shards, baselines, tmp_path)
     # and removes the null-space sampler's high-energy tail
     assert em.metrics["mae_constrained_bond_nm"] < ns.metrics["mae_constrained_bond_nm"]
     assert em.metrics["energy_p99_excess_kj_mol"] < ns.metrics["energy_p99_excess_kj_mol"]
-    rows = {r["model_label"]: r for r in leaderboard("adp")}
+    board = leaderboard("adp")
+    rows = {r["model_label"]: r for r in board}
     assert set(rows) == {"nullspace", "em"}
     assert rows["em"]["js_bonds"] == pytest.approx(em.metrics["js_bonds"])
     assert rows["nullspace"]["run_id"] == ns.run_id  # the latest evaluation of each model
+    assert [r["composite"] for r in board] == sorted(r["composite"] for r in board)  # best first
+    for label, res in (("em", em), ("nullspace", ns)):
+        assert rows[label]["composite"] == pytest.approx(composite_score(res.metrics, temporal=False)[0])
+        assert rows[label]["js_bonds_floor"] == pytest.approx(res.metrics["js_bonds_floor"])
     exe = Path(sys.executable).parent / "finegrain"
     out = subprocess.run([str(exe), "leaderboard", "--system", "adp"], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "COLUMNS": "250"})
-    assert out.returncode == 0 and "nullspace" in out.stdout and "em" in out.stdout
+    assert out.returncode == 0 and "nullspace" in out.stdout and "em" in out.stdout and "composite" in out.stdout
+    run_id = out.stdout.split("logged to MLflow run")[1].split()[0]
+    from mlflow import MlflowClient
+
+    arts = {a.path for a in MlflowClient(stack.mlflow_uri).list_artifacts(run_id)}
+    assert {"leaderboard.txt", "leaderboard.json"} <= arts
+
+
+def test_composite_is_the_mean_log_ratio_to_the_floor():
+    m = {"js_bonds": 0.02, "js_bonds_floor": 0.002, "js_angles": 0.001, "js_angles_floor": 0.002,
+         "rmsd_cg_nm": 0.05, "rmsd_cg_nm_floor": 1e-9, "js_velocity": 1.0, "js_velocity_floor": 0.001}
+    comp, terms = composite_score(m, temporal=False)
+    # 10x the floor -> 1; below the floor -> 0; CG-RMSD against its 0.005 nm tolerance -> 10x -> 1
+    assert terms == pytest.approx({"js_bonds": 1.0, "js_angles": 0.0, "rmsd_cg_nm": 1.0}) and comp == pytest.approx(2 / 3)
+    comp_t, terms_t = composite_score(m, temporal=True)  # velocities count only for temporal models
+    assert terms_t["js_velocity"] == pytest.approx(3.0) and comp_t == pytest.approx(5 / 4)
 
 
 def test_shard_reference_can_be_restricted_to_a_split(adp_shards, baselines):

@@ -51,28 +51,37 @@ def leaderboard(
     system: str = typer.Option(..., help="Reference system, e.g. adp."),
     data: Optional[str] = typer.Option(None, help="Data set hash (default: that of the latest evaluation)."),
     evaluation: Optional[str] = typer.Option(None, help="in-distribution or generalization (default: both)."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Also log it to MLflow (table, JSON and plot)."),
 ) -> None:
-    """Latest evaluation of every model on the same data, side by side."""
+    """Latest evaluation of every model on the same data, ranked by the composite, each score beside its floor."""
     from rich.console import Console
 
-    from finegrain.platform.evaluation import leaderboard as board
+    from finegrain.platform.leaderboard import leaderboard as board
+    from finegrain.platform.leaderboard import log_leaderboard
 
-    Console().print(leaderboard_table(board(system, data_hash=data, evaluation=evaluation), system))
+    rows = board(system, data_hash=data, evaluation=evaluation)
+    console = Console()
+    console.print(leaderboard_table(rows, system))
+    if log and rows:
+        console.print(f"logged to MLflow run {log_leaderboard(rows, system)}")
 
 
 def leaderboard_table(rows: list[dict], system: str):
     """A rich Table of leaderboard rows (also used by the demo): one row per metric, one column per model."""
     from rich.table import Table
 
-    from finegrain.platform.evaluation import KEY_METRICS
+    from finegrain.platform.leaderboard import leaderboard_rows
 
+    header, body = leaderboard_rows(rows)
     title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
-    table = Table(title=title, caption="lower is better, but for frames_per_s (its_ratio_1: nearest to 1)")
-    table.add_column("metric")
-    for row in rows:
-        table.add_column(row["model_label"], justify="right")
-    for k in KEY_METRICS:
-        table.add_row(k, *("-" if row[k] is None else f"{row[k]:.3g}" for row in rows))
+    table = Table(title=title, caption="value (value / reference-vs-reference floor); models best first by the "
+                                       "composite: mean log10 of the ratios over CG-RMSD, heavy-bond JS, angle JS, "
+                                       "energy W1 and p99 excess, clash score (+ velocity JS for temporal models); "
+                                       "0 = at the floor")
+    for k, name in enumerate(header):
+        table.add_column(name, justify="left" if k == 0 else "right")
+    for line in body:
+        table.add_row(*line)
     return table
 
 
