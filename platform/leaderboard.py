@@ -27,7 +27,8 @@ __all__ = ["COMPOSITE_TERMS", "TEMPORAL_TERMS", "composite_score", "leaderboard"
 COMPOSITE_TERMS = {"rmsd_cg_nm": 0.005, "js_bonds": 1e-4, "js_angles": 1e-4, "w1_energy_kj_mol": 0.1,
                    "energy_p99_excess_kj_mol": 1.0, "clash_score": 0.1}
 TEMPORAL_TERMS = {"js_velocity": 1e-4}
-#: Shown under the composite, each with its floor.
+_SUFFIXES = ("", "_ci_lo", "_ci_hi", "_floor", "_floor_ci_lo", "_floor_ci_hi")
+#: Shown under the composite, each with its interval and floor.
 SHOWN = ("rmsd_cg_nm", "js_bonds", "js_angles", "js_dihedrals", "mae_constrained_bond_nm", "bond_score",
          "w1_energy_kj_mol", "energy_p99_excess_kj_mol", "clash_score", "kl_fes", "its_ratio_1", "js_velocity",
          "diversity_score", "n_frames", "frames_per_s")
@@ -84,27 +85,34 @@ def leaderboard(system: str, experiment: str | None = None, data_hash: str | Non
         rows[t["model_label"]] = {"model_label": t["model_label"], "family": t.get("family"), "temporal": temporal,
                                   "run_id": r.info.run_id, "model_uri": t.get("model_uri"), "data_hash": data_hash,
                                   "composite": comp, "terms": parts,
-                                  **{k: m.get(k) for k in SHOWN}, **{f"{k}_floor": m.get(f"{k}_floor") for k in SHOWN}}
+                                  **{f"{k}{suffix}": m.get(f"{k}{suffix}") for k in SHOWN for suffix in _SUFFIXES}}
     return sorted(rows.values(), key=lambda row: (not math.isfinite(row["composite"]), row["composite"]))
+
+
+def _ci(row: dict, k: str) -> str:
+    lo, hi = row.get(f"{k}_ci_lo"), row.get(f"{k}_ci_hi")
+    return "" if lo is None or hi is None else f" [{lo:.2g}, {hi:.2g}]"
 
 
 def _cell(row: dict, k: str) -> str:
     v, f = row.get(k), row.get(f"{k}_floor")
     if v is None:
         return "-"
-    if f is not None and f > 0 and k not in ("bond_score", "diversity_score", "its_ratio_1"):
-        return f"{v:.3g} ({v / f:.2g}x)"
-    return f"{v:.3g}"
+    ratio = f" {v / f:.2g}x" if f is not None and f > 0 and k not in ("bond_score", "diversity_score",
+                                                                       "its_ratio_1") else ""
+    return f"{v:.3g}{_ci(row, k)}{ratio}"
 
 
 def leaderboard_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the leaderboard as text cells: one row per metric, one column per model, and a
     column with the reference floor of each metric (the same data for every model)."""
-    header = ["metric", "floor"] + [r["model_label"] for r in rows]
+    header = ["metric", "floor [95 % CI]"] + [r["model_label"] for r in rows]
     body = [["composite (see docs)", "0"] + [f"{r['composite']:.3f}" for r in rows]]
     for k in SHOWN:
-        floors = [r.get(f"{k}_floor") for r in rows if r.get(f"{k}_floor") is not None]
-        body.append([k, f"{floors[0]:.3g}" if floors else "-"] + [_cell(r, k) for r in rows])
+        first = next((r for r in rows if r.get(f"{k}_floor") is not None), None)
+        floor = "-" if first is None else (f"{first[f'{k}_floor']:.3g}" + _ci({k: 0, **{
+            f"{k}_ci_lo": first.get(f"{k}_floor_ci_lo"), f"{k}_ci_hi": first.get(f"{k}_floor_ci_hi")}}, k))
+        body.append([k, floor] + [_cell(r, k) for r in rows])
     return header, body
 
 
@@ -115,7 +123,7 @@ def leaderboard_text(rows: list[dict], system: str) -> str:
     lines = [f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")]
     for line in [header, *body]:
         lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
-    lines.append("cells: value (value / reference floor); composite: mean log10 of the ratios, 0 = at the floor")
+    lines.append("cells: value [95 % CI] value/floor; composite: mean log10 of the ratios, 0 = at the floor")
     return "\n".join(lines)
 
 

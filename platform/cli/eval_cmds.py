@@ -74,7 +74,8 @@ def leaderboard_table(rows: list[dict], system: str):
 
     header, body = leaderboard_rows(rows)
     title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
-    table = Table(title=title, caption="value (value / reference-vs-reference floor); models best first by the "
+    table = Table(title=title, caption="value [95 % block-bootstrap CI] value/floor (floor: the reference against "
+                                       "itself, two halves); models best first by the "
                                        "composite: mean log10 of the ratios over CG-RMSD, heavy-bond JS, angle JS, "
                                        "energy W1 and p99 excess, clash score (+ velocity JS for temporal models); "
                                        "0 = at the floor")
