@@ -80,7 +80,7 @@ def leaderboard_table(rows: list[dict], system: str):
                                        "energy W1 and p99 excess, clash score (+ velocity JS for temporal models); "
                                        "0 = at the floor")
     for k, name in enumerate(header):
-        table.add_column(name, justify="left" if k == 0 else "right")
+        table.add_column(name, justify="left" if k == 0 else "right", no_wrap=k == 0)
     for line in body:
         table.add_row(*line)
     return table
