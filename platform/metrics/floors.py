@@ -19,7 +19,8 @@ blocks are drawn for both (a paired bootstrap); otherwise each is drawn on
 its own. The interval is the 2.5-97.5 percentile range of the replicates,
 re-centred on the full-sample value (``value + q - mean(replicates)``):
 plug-in divergences grow when resampling repeats frames, so raw percentile
-intervals of a JS or KL sit above the value they should bracket.
+intervals of a JS or KL sit above the value they should bracket. The lower
+end of a score that cannot be negative is clipped at 0.
 
 Metric names: for a metric ``m`` the output adds ``m_ci_lo``, ``m_ci_hi``,
 ``m_floor``, ``m_floor_ci_lo``, ``m_floor_ci_hi`` and ``m_over_floor``
@@ -163,7 +164,10 @@ def bootstrap_ci(score: Callable[[dict, dict], dict[str, float]], reference: dic
         if len(v) < max(2, n_boot // 2) or not np.isfinite(estimate.get(k, np.nan)):
             continue
         shift = estimate[k] - float(np.mean(v))
-        out[k] = (float(np.percentile(v, 2.5)) + shift, float(np.percentile(v, 97.5)) + shift)
+        lo, hi = float(np.percentile(v, 2.5)) + shift, float(np.percentile(v, 97.5)) + shift
+        if min(v) >= 0.0 and estimate[k] >= 0.0:  # a non-negative score (a divergence, a W1, a ratio)
+            lo = max(lo, 0.0)
+        out[k] = (lo, hi)
     return out
 
 
