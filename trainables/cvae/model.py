@@ -162,7 +162,7 @@ class CVAE(nn.Module):
         return x
 
     def voxelize(self, xyz: torch.Tensor) -> torch.Tensor:
-        """[B, P, 3] nm -> [B, P, d, d, d] with the config's grid and sigma (eq. 1)."""
+        """[B, P, 3] nm -> [B, P, d, d, d]: exp(-d^2 / sigma) on the config's cell-centred grid (eq. 1; sigma nm^2)."""
         c = self.config
         return voxelize(xyz, c.n_grid, c.grid_width, c.sigma)
 
