@@ -126,14 +126,14 @@ def test_smoke_sweep_job_logs_parent_children_and_registers_the_best(submitted_s
     assert "registry: cvae-adp-smoke v1 -> champion" in out
     children = _children(client, parent)
     assert len(children) == 3
-    assert parent.data.params["space.model.sigma"] == "uniform[0.08, 0.14]"
+    assert parent.data.params["space.model.sigma"] == "uniform[0.025, 0.05]"
     assert parent.data.params["num_samples"] == "3"
     finals = {}
     for c in children:
         p = c.data.params
         assert p["model.preset"] == "smoke" and p["training.num_workers"] == "1"
         assert 20 <= int(p["model.t_lambda0"]) <= 45 and p["model.beta_schedule"] in ("cyclic", "constant")
-        assert 0.08 <= float(p["model.sigma"]) <= 0.14 and c.data.tags["dataset_digest"]
+        assert 0.025 <= float(p["model.sigma"]) <= 0.05 and c.data.tags["dataset_digest"]
         m = c.data.metrics
         assert "train_total" in m and "val_total" in m
         # the sweep metric: reconstruction terms only, free of each trial's lambda/beta schedule
