@@ -50,6 +50,8 @@ TRAINERS: dict[str, tuple[str, str]] = {
 }
 
 META = "backmapper.json"
+TOPOLOGY = "topology.pdb"
+WEIGHTS = "weights.pt"
 SPLIT_KEYS = ("train", "validation", "test")
 
 
@@ -69,8 +71,6 @@ def _check_split_record(rec, source: str) -> dict | None:
         raise ValueError(f"{source}: 'training_split' must hold lists 'train', 'validation' and 'test' of "
                          f"trajectory ids, got {rec!r}")
     return rec
-TOPOLOGY = "topology.pdb"
-WEIGHTS = "weights.pt"
 
 
 class Backmapper(ABC):
