@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kabsch_rotations", "pairwise_superposed_rmsd"]
+__all__ = ["kabsch_rotations", "pairwise_superposed_rmsd", "superposed_rmsd"]
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -93,3 +93,22 @@ def pairwise_superposed_rmsd(queries, frames, chunk: int = 256) -> np.ndarray:
         msd = (norms_a[start : start + chunk, None] + norms_b[None] - 2.0 * (s1 + s2 + sign * s3)) / n
         out[start : start + chunk] = np.sqrt(np.maximum(msd, 0.0))
     return out
+
+
+def superposed_rmsd(a, b) -> np.ndarray:
+    """RMSD (nm) after optimal superposition of frame f of ``a`` onto frame f of ``b``: [F].
+
+    a, b [F, n, 3] nm (or one frame [n, 3] each); ``mdtraj.rmsd`` frame by frame.
+    From the singular values of each H_f = P_f^T Q_f, as :func:`pairwise_superposed_rmsd`.
+    """
+    p, q = _centred(a), _centred(b)
+    if p.ndim == 2:
+        p, q = p[None], q[None]
+    if p.shape != q.shape or p.ndim != 3 or p.shape[2] != 3:
+        raise ValueError(f"a, b: expected equal shapes [F, n, 3], got {np.shape(a)} and {np.shape(b)}")
+    h = np.einsum("fni,fnj->ijf", p, q)  # components first: h[i, j] is [F]
+    hth = np.einsum("kif,kjf->ijf", h, h)
+    s1, s2, s3 = (np.sqrt(np.maximum(e, 0.0)) for e in _sym3_eigenvalues(hth))
+    sign = np.where(_det3(h) < 0, -1.0, 1.0)
+    msd = ((p * p).sum((1, 2)) + (q * q).sum((1, 2)) - 2.0 * (s1 + s2 + sign * s3)) / p.shape[1]
+    return np.sqrt(np.maximum(msd, 0.0))

@@ -78,3 +78,14 @@ def test_two_points_align_their_axis_and_one_point_gives_the_identity():
     assert np.allclose(np.linalg.det(r), 1.0)
     single = kabsch_rotations(rng.normal(size=(2, 1, 3)), target[:1])
     np.testing.assert_allclose(single, np.broadcast_to(np.eye(3), (2, 3, 3)))
+
+
+def test_framewise_superposed_rmsd_equals_mdtraj_and_the_pairwise_diagonal():
+    from finegrain.platform.superposition import superposed_rmsd
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(6, 9, 3)), rng.normal(size=(6, 9, 3))
+    got = superposed_rmsd(a, b)
+    np.testing.assert_allclose(got, np.diag(pairwise_superposed_rmsd(a, b)), atol=1e-12)
+    ref = [md.rmsd(_trajectory(a[f:f + 1]), _trajectory(b[f:f + 1]))[0] for f in range(6)]
+    np.testing.assert_allclose(got, ref, atol=1e-4)  # mdtraj works in float32

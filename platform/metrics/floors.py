@@ -38,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from finegrain.platform.metrics.kinetics import split_trajectories
+
 __all__ = ["reference_halves", "block_indices", "take_frames", "bootstrap_ci", "score_with_floor",
            "NOT_BOOTSTRAPPED", "N_BOOTSTRAP", "N_BLOCKS"]
 
@@ -58,12 +60,7 @@ def _n(d: dict) -> int:
 
 
 def _traj_rows(d: dict) -> list[np.ndarray]:
-    tid = d.get("traj_id")
-    if tid is None:
-        return [np.arange(_n(d))]
-    tid = np.asarray(tid)
-    _, first = np.unique(tid, return_index=True)
-    return [np.flatnonzero(tid == tid[i]) for i in sorted(first)]
+    return split_trajectories(_n(d), d.get("traj_id"))
 
 
 def take_frames(d: dict, rows: np.ndarray, traj_id: np.ndarray | None = None) -> dict:

@@ -19,7 +19,6 @@ frame count spread over the bins (a fixed 0.5 per bin added 648 counts to
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
@@ -67,17 +66,14 @@ def surface(feature: FeatureSet, ref_xyz, bm_xyz, topology, ref_parts, tica_lag:
     return h_ref, h_bm, edges, labels, k_ref, k_bm
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
-
-
 def landscape_metrics(ref_xyz, bm_xyz, topology, mapping, features: list[FeatureSet], *, ref_tid, bm_tid,
                       dt: float, dt_bm: float, lag_ps: float, n_centres: int, n_timescales: int, seed: int,
                       make_figures: bool, min_frames: int = MIN_FES_FRAMES,
                       kinetics: list[str] | tuple[str, ...] | None = None) -> tuple[dict[str, float], dict]:
     """FES per feature set and the MSM of the headline set (see the module docstring); (metrics, figures).
 
-    ref_xyz / bm_xyz [F, N, 3] nm; dt / dt_bm ps between frames; lag_ps the MSM lag.
+    ref_xyz / bm_xyz [F, N, 3] nm; dt / dt_bm ps between frames; lag_ps the MSM lag. Names carry
+    the feature sets' names as declared (the caller makes them MLflow-safe).
     Raises ValueError naming ``min_frames`` when the reference has fewer frames than that.
     """
     m: dict[str, float] = {}
@@ -103,11 +99,11 @@ def landscape_metrics(ref_xyz, bm_xyz, topology, mapping, features: list[Feature
         h_ref, h_bm, edges, labels, k_ref, k_bm = surface(f, ref_xyz, bm_xyz, topology, ref_parts, tica_lag)
         res = _fes.compare_fes(h_ref, h_bm, pseudo_count(ref_xyz.shape[0], h_ref.size))
         prefix = "cg_" if fixed else ""
-        m[_safe(f"{prefix}kl_fes_{f.name}")], m[_safe(f"{prefix}js_fes_{f.name}")] = res["kl"], res["js"]
+        m[f"{prefix}kl_fes_{f.name}"], m[f"{prefix}js_fes_{f.name}"] = res["kl"], res["js"]
         if make_figures:
             title = f"{f.name} (CG-consistency check: fixed by the beads)" if fixed else f.name
-            figs[_safe(f"fes_{f.name}")] = plots.plot_fes_pair(h_ref, h_bm, edges[0], edges[1], labels)
-            figs[_safe(f"fes_{f.name}")].suptitle(title)
+            figs[f"fes_{f.name}"] = plots.plot_fes_pair(h_ref, h_bm, edges[0], edges[1], labels)
+            figs[f"fes_{f.name}"].suptitle(title)
         if not fixed and headline is None:
             headline = f
             m["kl_fes"], m["js_fes"] = res["kl"], res["js"]

@@ -26,6 +26,7 @@ from itertools import combinations
 import numpy as np
 
 from finegrain.platform.metrics.divergences import clipped_histogram, js_divergence
+from finegrain.platform.superposition import superposed_rmsd
 from finegrain.platform.validation import check_xyz
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "constrained_bond_mae",
     "bond_score",
     "clash_score",
-    "superposed_rmsd",
     "diversity_score",
 ]
 
@@ -392,25 +392,6 @@ def clash_score(xyz, topology, threshold_nm: float = CLASH_SCORE_THRESHOLD_NM) -
         close = (_distances(xyz[s:s + _CHUNK], pairs) < threshold_nm).astype(np.float64)  # [F, P]
         clashed += float(np.sum(close @ touches > 0))
     return 100.0 * clashed / (xyz.shape[0] * len(residues))
-
-
-def superposed_rmsd(a, b) -> np.ndarray:
-    """Per-frame RMSD (nm) after optimal superposition (Kabsch) of a onto b; [F].
-
-    a, b : [F, N, 3] nm (or [N, 3]); the same as ``mdtraj.rmsd`` frame by frame.
-    """
-    from finegrain.platform.superposition import kabsch_rotations
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim == 2:
-        a, b = a[None], b[None]
-    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"a, b: expected equal shapes [F, N, 3], got {a.shape} and {b.shape}")
-    pa, pb = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
-    rot = kabsch_rotations(pa, pb)
-    aligned = np.einsum("fni,fji->fnj", pa, rot)  # (p R^T)
-    return np.sqrt(np.mean(np.sum((aligned - pb) ** 2, axis=-1), axis=-1))
 
 
 def diversity_score(samples, ref_xyz) -> float:

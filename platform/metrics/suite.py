@@ -184,4 +184,4 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, featur
             m["diversity_score"] = _st.diversity_score(samples, ref)
 
     metrics = {_safe(k): float(v) for k, v in m.items() if v is not None and np.isfinite(v)}
-    return metrics, figs
+    return metrics, {_safe(k): f for k, f in figs.items()}
