@@ -257,22 +257,29 @@ def _write_report(out, metrics, tags, figures) -> Path:
 
 
 def _log(experiment, metrics, tags, figures, report, samples) -> str:
-    import mlflow
+    """One MLflow run of the evaluation (through a client on the stack's URI: no process-wide state)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     from finegrain.platform.stack import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
-    # by id, not set_experiment: a process-wide active experiment breaks later resumes of other runs
-    client = mlflow.MlflowClient()
+    client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     name = f"eval-{tags['model_label']}-{tags['system']}-{tags['evaluation']}"
-    with mlflow.start_run(run_name=name, experiment_id=exp_id) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params({"samples": samples, "evaluation": tags["evaluation"]})
-        mlflow.log_metrics(metrics)
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        client.log_batch(run_id, params=[Param("samples", str(samples)), Param("evaluation", tags["evaluation"])])
+        for start in range(0, len(batch), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=batch[start:start + 1000])
         for fname, fig in figures.items():
-            mlflow.log_figure(fig, f"plots/{fname}.png")
+            client.log_figure(run_id, fig, f"plots/{fname}.png")
         if report is not None:
-            mlflow.log_artifact(str(report))
-        return run.info.run_id
+            client.log_artifact(run_id, str(report))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id

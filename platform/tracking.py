@@ -157,9 +157,10 @@ def load_backmapper_from_uri(model_uri: str, uri: str | None = None):
 
     from finegrain.platform.stack import tracking_uri
 
-    mlflow.set_tracking_uri(uri or tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                    tracking_uri=uri or tracking_uri(),
+                                                    registry_uri=uri or tracking_uri())
         return _load_local_model_dir(Path(local), source=model_uri)
 
 
