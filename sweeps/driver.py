@@ -70,6 +70,7 @@ def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One Tune trial: train with the sampled ``params``; the last report carries the model URI."""
     import ray.tune
     from mlflow import MlflowClient
+    from ray.train import ControllerError
 
     from finegrain.trainables.protocol import trainer_for
 
@@ -91,12 +92,10 @@ def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
                                 f"sweep {spec.name} trial {trial_id}")
         try:
             run_id = fit(config).run_id
-        except Exception as exc:
-            if "WorkerGroupStartup" not in type(exc).__name__ + str(exc):
-                raise
-            raise RuntimeError(f"sweep {spec.name} trial {trial_id}: its Ray Train worker group could not start "
-                               f"({type(exc).__name__}); CPUs held by: "
-                               + ("; ".join(leftovers.resource_holders()) or "nothing Ray lists")) from exc
+        except ControllerError as exc:  # Train gave up, e.g. after training.startup_failures failed start-ups
+            raise RuntimeError(f"sweep {spec.name} trial {trial_id}: Ray Train's controller gave up ({exc}); "
+                               f"CPUs held by: " + ("; ".join(leftovers.resource_holders()) or "nothing Ray lists")
+                               ) from exc
         client.set_tag(run_id, "sweep.trial_id", trial_id)
     history = client.get_metric_history(run_id, spec.metric)
     if not history:

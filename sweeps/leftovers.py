@@ -124,8 +124,13 @@ def kill_actor(actor_id: str, timeout_s: float = 10.0) -> None:
     cluster's auth token like every Ray client channel.
     """
     import ray
-    from ray._private.gcs_utils import create_gcs_channel
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    try:  # the one private Ray API finegrain's sweeps use; confined to this function
+        from ray._private.gcs_utils import create_gcs_channel
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError as exc:
+        raise RuntimeError(f"actor {actor_id}: Ray {ray.__version__} moved its GCS kill call; stop the actor with "
+                           f"`finegrain stack down` (or `ray stop`)") from exc
 
     stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(create_gcs_channel(ray.get_runtime_context().gcs_address))
     reply = stub.KillActorViaGcs(gcs_service_pb2.KillActorViaGcsRequest(
