@@ -174,13 +174,10 @@ def declared_constraints(man, folder: str | Path | None = None) -> tuple[str | N
     folder each source trajectory came from (``constrained_pairs``, else
     ``constraints``: "HBonds" or null).
     """
-    cons = getattr(man, "constraints", None)
-    if cons is not None:
-        if isinstance(cons, str):
-            return (f"{cons} constraints" if cons.strip() and cons.lower() != "none" else ""), "manifest"
-        return _describe_rows(cons, getattr(man, "atom_names", ())), "manifest"
+    if man.constraints is not None:
+        return _describe_rows(man.constraints, man.atom_names), "manifest"
     found = {}
-    for key, src in sorted(getattr(man, "sources", {}).items()):
+    for key, src in sorted(man.sources.items()):
         meta = Path(str(src)).parent / "metadata.json"
         if key == "aa_digest" or meta in found or not meta.is_file():
             continue
@@ -190,7 +187,7 @@ def declared_constraints(man, folder: str | Path | None = None) -> tuple[str | N
             continue
         kind = d.get("constraints", d.get("config", {}).get("constraints"))
         kind = None if kind in (None, "", "None", "none") else kind
-        rows = _describe_rows(d.get("constrained_pairs") or [], getattr(man, "atom_names", ()))
+        rows = _describe_rows(d.get("constrained_pairs") or [], man.atom_names)
         found[meta] = ", ".join(x for x in (f"constraints={kind}" if kind else "", rows) if x)
     bad = {m: c for m, c in found.items() if c}
     if bad:
@@ -273,15 +270,9 @@ def heldout_split(man, fractions, seed: int, folder: str | Path = "") -> tuple[l
 
 
 def _recorded_train_ids(backmapper) -> set[str] | None:
-    """Training trajectory ids the backmapper recorded, where it records them (else None)."""
-    for attr in ("training_split", "split", "data_split"):
-        rec = getattr(backmapper, attr, None)
-        if isinstance(rec, dict):
-            ids = rec.get("train", rec.get("train_ids", rec.get("trajectories", {}).get("train")
-                                           if isinstance(rec.get("trajectories"), dict) else None))
-            if ids:
-                return set(map(str, ids))
-    return None
+    """Training trajectory ids the backmapper recorded (``Backmapper.recorded_split``), else None."""
+    rec = backmapper.recorded_split()
+    return None if rec is None else set(map(str, rec["train"]))
 
 
 # ----------------------------------------------------------------------------------------- estimators
