@@ -54,7 +54,7 @@ class TrajectorySource:
 
 def sources_from_simulation(sim_dir: str | Path) -> tuple[str, str, list[TrajectorySource]]:
     """(topology path, system name, sources) of a ``finegrain simulate`` output folder."""
-    sim_dir = Path(sim_dir)
+    sim_dir = Path(sim_dir).resolve()  # Ray tasks run in other folders
     meta_path = sim_dir / "metadata.json"
     if not meta_path.is_file():
         raise IngestError(f"SIM_DIR {sim_dir}: no metadata.json (not a finegrain simulate output)")

@@ -38,6 +38,7 @@ FAMILIES: dict[str, str] = {
     "nullspace": "finegrain.trainables.baselines:NullSpaceBackmapper",
     "em": "finegrain.trainables.baselines:EnergyMinimisationBackmapper",
     "flow": "finegrain.trainables.flow.backmapper:FlowBackmapper",
+    "ic": "finegrain.trainables.ic.backmapper:ICBackmapper",
 }
 
 #: family name -> ("module:ConfigClass", "module:fit_detailed") of its trainer. A config class has
@@ -47,6 +48,7 @@ FAMILIES: dict[str, str] = {
 TRAINERS: dict[str, tuple[str, str]] = {
     "cvae": ("finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed"),
     "flow": ("finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
+    "ic": ("finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed"),
 }
 
 META = "backmapper.json"

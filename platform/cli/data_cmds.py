@@ -87,7 +87,7 @@ def ingest(
         if top is None or not traj:
             raise ValueError("ingest: give SIM_DIR, or --top with one or more --traj")
         top_path = str(top)
-        sources = [TrajectorySource(traj_id=f"{p.stem}-{i:03d}", path=str(p)) for i, p in enumerate(traj)]
+        sources = [TrajectorySource(traj_id=f"{p.stem}-{i:03d}", path=str(Path(p).resolve())) for i, p in enumerate(traj)]
     if mapping.endswith((".yaml", ".yml")):
         cg = CGMapping.from_yaml(mapping, md.load_topology(top_path))
     elif system is not None:
