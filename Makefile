@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.finegrain-installed
 PYTHON ?= python3
 
-.PHONY: install demo test bench clean-stack
+.PHONY: install demo test bench pretrained clean-stack
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest
+
+# Retrain the shipped models (trainables/zoo) from scratch: simulate, train, evaluate, compare with their cards.
+pretrained: install
+	$(VENV)/bin/finegrain stack up
+	$(VENV)/bin/finegrain zoo build --workdir pretrained-work
 
 bench: install
 	$(VENV)/bin/python -m pytest tests/benchmarks -m benchmark -s -p no:randomly

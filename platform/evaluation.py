@@ -239,7 +239,8 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     figures["score_vs_floor"] = plots.plot_scores_vs_floors(metrics, FLOOR_PLOT_METRICS)
     tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
             "temporal": str(not bm.frames_independent).lower(), "floor": "independent run" if second else "halves",
-            "model_label": bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
+            # a shipped model is its own leaderboard row (zoo:NAME), beside what its family trains live
+            "model_label": model if model.startswith("zoo:") else bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
             "cg_hash": cg_hash, "evaluation": kind, "split": split}
     report = _write_report(out, metrics, tags, figures) if out is not None else None
     run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None

@@ -111,6 +111,11 @@ def resolve_model(model: str, tracking: str | None = None) -> ModelRef:
     """
     from mlflow.exceptions import MlflowException
 
+    if model.startswith("zoo:"):  # a shipped model: checked now, so a wrong name fails before anything starts
+        from finegrain.platform import zoo
+
+        zoo.folder(model)
+        return ModelRef(source=model, uri=model)
     if not model.startswith(("runs:/", "models:/")):
         return ModelRef(source=model, uri=model)
     spec = model[len("models:/"):]

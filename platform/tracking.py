@@ -165,13 +165,21 @@ def load_backmapper_from_uri(model_uri: str, uri: str | None = None):
 
 
 def load_backmapper_any(model: str, uri: str | None = None):
-    """A backmapper from a ``Backmapper.save`` folder, a downloaded MLflow model folder, or a model URI."""
+    """A backmapper from a ``Backmapper.save`` folder, a downloaded MLflow model folder, a model URI, or a
+    shipped model (``zoo:NAME``, :mod:`finegrain.platform.zoo`)."""
+    from finegrain.platform import zoo
+
+    if model.startswith(zoo.PREFIX):
+        from finegrain.trainables.protocol import load_backmapper
+
+        return load_backmapper(zoo.folder(model))
     path = Path(model)
     if path.is_dir():
         return _load_local_model_dir(path, source=model)
     if "://" in model or model.startswith(("runs:/", "models:/")):
         return load_backmapper_from_uri(model, uri)
-    raise FileNotFoundError(f"model: {model} is neither a model folder nor a model URI (runs:/..., models:/...)")
+    raise FileNotFoundError(f"model: {model} is neither a model folder nor a model URI (runs:/..., models:/...) "
+                            f"nor zoo:NAME")
 
 
 def _load_local_model_dir(path: Path, source: str):

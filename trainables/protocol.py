@@ -30,7 +30,8 @@ import numpy as np
 from finegrain.platform.mapping import CGMapping
 from finegrain.platform.validation import InputError, check_xyz
 
-__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record"]
+__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record",
+           "backmapper_from_checkpoint"]
 
 #: family name -> "module:Class" of its Backmapper (import on demand).
 FAMILIES: dict[str, str] = {
@@ -210,6 +211,14 @@ def trainer_for(family: str):
         return _import(config_cls), _import(fit)
     except ImportError as exc:
         raise ValueError(f"model family {family!r} is not available here ({exc})") from exc
+
+
+def backmapper_from_checkpoint(family: str, folder: str | Path, topology, mapping: CGMapping,
+                               info: dict | None = None) -> Backmapper:
+    """The backmapper in a training checkpoint folder of a trainable family (its ``from_checkpoint``)."""
+    if family not in TRAINERS:
+        raise ValueError(f"unknown model family {family!r} (trainable: {', '.join(TRAINERS)})")
+    return _import(FAMILIES[family]).from_checkpoint(folder, topology, mapping, info=info)
 
 
 def load_backmapper(folder: str | Path) -> Backmapper:

@@ -8,7 +8,7 @@ import typer
 
 from finegrain.platform.cli import data_cmds, demo_cmd, eval_cmds, stack_cmds, sweep_cmds, train_cmds
 from finegrain.platform.cli import serve_cmds
-from finegrain.platform.cli import entropy_cmds
+from finegrain.platform.cli import entropy_cmds, zoo_cmds
 
 app = typer.Typer(
     name="finegrain",
@@ -25,6 +25,7 @@ sweep_cmds.register(app)
 serve_cmds.register(app)
 entropy_cmds.register(app)
 demo_cmd.register(app)
+zoo_cmds.register(app)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -33,7 +33,7 @@ def train(
     config: Path = typer.Argument(..., help="Training config YAML (see trainables/configs/)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: section.key=value (repeatable)."),
 ) -> None:
-    """Train a backmapper on Ray Train (the config's `family`: cvae, flow); prints the MLflow run id and model URI."""
+    """Train a backmapper on Ray Train (the config's `family`: cvae, flow, ic); prints the MLflow run id and model URI."""
     import yaml
 
     from finegrain.trainables.protocol import trainer_for

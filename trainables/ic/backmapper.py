@@ -103,3 +103,13 @@ class ICBackmapper(Backmapper):
             raise ValueError(f"ic weights do not fit the saved config: {exc}") from None
         return cls(topology, mapping, model.to(state["ic_mean"].dtype),
                    info=config.get("info"))
+
+    @classmethod
+    def from_checkpoint(cls, folder, topology, mapping: CGMapping, info: dict | None = None) -> "ICBackmapper":
+        """Rebuild from a training checkpoint folder (see :mod:`.train`)."""
+        from finegrain.trainables.ic.train import load_checkpoint_state
+
+        ck = load_checkpoint_state(folder)
+        model = ConditionalIC(ICConfig.from_dict(ck["meta"]["ic"]), ZMatrix.from_dict(ck["meta"]["zmatrix"]))
+        model.load_state_dict(ck["model"])
+        return cls(topology, mapping, model, info=info)

@@ -161,14 +161,9 @@ def fit_detailed(config: "ICTrainConfig") -> FitResult:
     stats = fitted_statistics(ConditionalIC(config.ic(), zm), data.shards, data.splits["train"],
                               config.training.statistics_frames)
 
-    def to_backmapper(ck_dir, info):
-        ck = load_checkpoint_state(ck_dir)
-        model = ConditionalIC(ICConfig.from_dict(ck["meta"]["ic"]), ZMatrix.from_dict(ck["meta"]["zmatrix"]))
-        model.load_state_dict(ck["model"])
-        return ICBackmapper(data.topology, data.mapping, model, info=info)
-
     return run_training(
         config, "ic", data, train_loop_per_worker,
-        lambda **kw: loop_config(config, data.manifest, zm, stats, **kw), to_backmapper,
+        lambda **kw: loop_config(config, data.manifest, zm, stats, **kw),
+        lambda ck_dir, info: ICBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping, info=info),
         extra_params={"mapping.n_beads": data.mapping.n_beads, "model.n_internal_coordinates": int(
             ConditionalIC(config.ic(), zm).n_ic)})
