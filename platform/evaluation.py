@@ -167,7 +167,8 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
              cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
              experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
              lag_ps: float | None = None, split: str = "all", min_frames: int = MIN_FES_FRAMES,
-             bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None) -> EvalResult:
+             bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None,
+             refine: int = 0) -> EvalResult:
     """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
 
     split : "all" trajectories of a shard reference, or the model's own "train", "validation" or
@@ -180,6 +181,8 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     floor_reference : an independent reference run (shard folder or trajectory) for the noise
     floors; default: the two halves of ``reference``
     (:mod:`finegrain.platform.metrics.floors`).
+    refine : steps of restrained minimisation (:mod:`finegrain.platform.refine`) after backmapping;
+    the result is its own leaderboard row (``LABEL+refineN``), timed with the backmapping.
     """
     import mdtraj as md
 
@@ -210,6 +213,14 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         cg_tid, kind = np.full(cg_traj.n_frames, Path(cg).stem), "generalization"
         cg_hash = hashlib.sha256(cg_xyz.tobytes()).hexdigest()[:16]
     samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
+    label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
+    if refine:
+        from finegrain.platform.refine import refine as refine_frames, refined_label
+
+        t0 = time.perf_counter()
+        samples_xyz = refine_frames(samples_xyz, np.asarray(cg_xyz, np.float64), bm.mapping, system, refine)
+        seconds += time.perf_counter() - t0
+        label = refined_label(label, refine)
     backmapped = {"aa_xyz_nm": samples_xyz[0], "cg_xyz_nm": cg_xyz, "traj_id": cg_tid,
                   "samples": samples_xyz if samples > 1 else None}
     if cg is not None:
@@ -239,8 +250,7 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     figures["score_vs_floor"] = plots.plot_scores_vs_floors(metrics, FLOOR_PLOT_METRICS)
     tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
             "temporal": str(not bm.frames_independent).lower(), "floor": "independent run" if second else "halves",
-            # a shipped model is its own leaderboard row (zoo:NAME), beside what its family trains live
-            "model_label": model if model.startswith("zoo:") else bm.label, "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
+            "model_label": label, "refine_steps": str(int(refine)), "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
             "cg_hash": cg_hash, "evaluation": kind, "split": split}
     report = _write_report(out, metrics, tags, figures) if out is not None else None
     run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None

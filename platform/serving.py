@@ -285,7 +285,8 @@ def backmap_remote(endpoint: str, cg_xyz, samples: int = 1, seed: int | None = N
 
 
 def backmap_file_remote(endpoint: str, traj: str | Path, top: str | Path | None, out: str | Path,
-                        samples: int = 1, seed: int | None = None, timeout_s: float = 600.0) -> list[Path]:
+                        samples: int = 1, seed: int | None = None, timeout_s: float = 600.0,
+                        refine: int = 0) -> list[Path]:
     """``POST /backmap/file``: upload a CG trajectory (+ topology), write the AA file(s).
 
     The output format is ``out``'s extension. With ``samples`` K > 1 the server
@@ -303,6 +304,8 @@ def backmap_file_remote(endpoint: str, traj: str | Path, top: str | Path | None,
     data = {"format": fmt.lstrip("."), "samples": str(samples)}
     if seed is not None:
         data["seed"] = str(seed)
+    if refine:
+        data["refine"] = str(int(refine))
     with ExitStack() as opened:
         files = {"cg_file": (traj.name, opened.enter_context(open(traj, "rb")))}
         if top:

@@ -95,6 +95,7 @@ class Job:
     samples: int = 1
     seed: int | None = None
     prev_aa: np.ndarray | None = None
+    refine: int = 0
 
     @property
     def group(self) -> tuple | None:
@@ -137,7 +138,20 @@ def run_jobs(jobs: list[Job]) -> list:
             continue
         for i, part in zip(idx, parts):
             out[i] = part
+    for i, job in enumerate(jobs):
+        if job.refine and not isinstance(out[i], Exception):
+            out[i] = _refine(job, out[i])
     return out
+
+
+def _refine(job: Job, xyz: np.ndarray):
+    from finegrain.platform.refine import refine
+
+    bm = job.served.backmapper
+    try:
+        return refine(xyz, job.cg, bm.mapping, bm.system_name, job.refine)
+    except Exception as exc:
+        return exc
 
 
 def _run_one(job: Job):
@@ -207,6 +221,7 @@ def _suffix(filename: str | None, known: set[str], argument: str) -> str:
 UNSAFE_FORMATS = {".h5", ".lh5", ".hdf5"}
 #: Seeds must fit torch/numpy generators.
 MAX_SEED = 2**63 - 1
+MAX_REFINE = 5000  # refinement steps per request (each step is one batched force evaluation)
 
 
 def read_cg_upload(traj: bytes, traj_name: str | None, top: bytes | None, top_name: str | None):
@@ -277,6 +292,8 @@ class BackmapRequest(BaseModel):
     prev_aa_nm: list[list[float]] | None = Field(None, description="AA frame [n_atoms][3] nm before cg_nm[0] "
                                                                     "(continues a trajectory; cVAE).")
     bead_names: list[str] | None = Field(None, description="Bead names, checked against the model's mapping.")
+    refine: int = Field(0, ge=0, le=MAX_REFINE, description="Then N steps of CG-restrained minimisation with the "
+                                                            "torch force field of the model's system.")
 
 
 class BackmapResponse(BaseModel):
@@ -300,6 +317,7 @@ _FILE_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data
         "format": {"type": "string", "enum": list(OUT_FORMATS), "default": "pdb", "description": "AA output format."},
         "samples": {"type": "integer", "default": 1, "description": "K > 1 answers a zip of aa_k.FORMAT."},
         "seed": {"type": "integer"},
+        "refine": {"type": "integer", "default": 0, "description": "Steps of CG-restrained minimisation after."},
     }}}}}}
 
 http = FastAPI(title="finegrain backmapping", version="1",
@@ -379,8 +397,13 @@ class BackmapServer:
             raise RequestError(f"{argument}: {samples} samples x {n_frames} frames = {n_frames * samples} output "
                                f"frames, the limit is {lim.max_frames} (max_frames)", 413)
 
-    def _job(self, served: Served, cg, argument: str, samples: int, seed, prev=None, names=None) -> Job:
+    def _job(self, served: Served, cg, argument: str, samples: int, seed, prev=None, names=None,
+             refine: int = 0) -> Job:
         bm = served.backmapper
+        if refine and bm.system_name is None:
+            raise RequestError("refine: the served model names no reference system, so no force field refines it")
+        if refine > MAX_REFINE:
+            raise RequestError(f"refine: {refine} steps, the limit is {MAX_REFINE}")
         cg = bm.check_cg(cg, argument, bead_names=names)
         self._check_sizes(cg.shape[0], samples, argument)
         check_bead_spacing(cg, self.settings.bead_spacing_nm, argument)
@@ -388,7 +411,7 @@ class BackmapServer:
             prev = check_xyz(_as_array(prev, "prev_aa_nm"), bm.topology.n_atoms, "prev_aa_nm")
             check_units_nm(prev, np.array([[b[0].index, b[1].index] for b in bm.topology.bonds]), "prev_aa_nm")
             prev = prev[0]
-        return Job(served, cg, samples, seed, prev)
+        return Job(served, cg, samples, seed, prev, refine)
 
     @http.get("/healthz")
     async def healthz(self) -> dict:
@@ -420,7 +443,7 @@ class BackmapServer:
         # the batcher keep running meanwhile
         req = await asyncio.to_thread(_parse, BackmapRequest, await request.body())
         job = self._job(served, _as_array(req.cg_nm, "cg_nm"), "cg_nm", req.samples, req.seed, req.prev_aa_nm,
-                        req.bead_names)
+                        req.bead_names, req.refine)
         xyz = await self._backmap(job)
         body = await asyncio.to_thread(_json_answer, xyz, served.info, served.short)
         return Response(body, media_type="application/json")
@@ -432,7 +455,7 @@ class BackmapServer:
         served = self.served
         self._check_length(request)
         async with request.form(max_files=2, max_fields=8) as form:  # closes spooled uploads on exit
-            fields = {k: form.get(k) for k in ("cg_file", "cg_top", "format", "samples", "seed")}
+            fields = {k: form.get(k) for k in ("cg_file", "cg_top", "format", "samples", "seed", "refine")}
             for name in ("cg_file", "cg_top"):
                 if fields[name] is not None and not isinstance(fields[name], UploadFile):
                     raise RequestError(f"{name}: expected a file upload (multipart file field)")
@@ -442,6 +465,7 @@ class BackmapServer:
             if fmt not in OUT_FORMATS:
                 raise RequestError(f"format: {fmt!r} is not an output format ({', '.join(OUT_FORMATS)})")
             samples, seed = _form_int(fields["samples"], "samples", 1), _form_int(fields["seed"], "seed", None)
+            refine = _form_int(fields["refine"], "refine", 0)
             traj_file, top = fields["cg_file"], fields["cg_top"]
             upload = (await traj_file.read(), traj_file.filename, await top.read() if top else None,
                       top.filename if top else None)
@@ -451,7 +475,7 @@ class BackmapServer:
         if traj.n_atoms == bm.mapping.n_beads and not bm.mapping.matches_bead_names(traj.topology):
             raise RequestError(f"cg_file: bead names {names} do not match the model's mapping "
                                f"'{bm.mapping.name}' {list(bm.mapping.bead_names)}")
-        job = self._job(served, traj.xyz, "cg_file", samples, seed)
+        job = self._job(served, traj.xyz, "cg_file", samples, seed, refine=refine)
         xyz = await self._backmap(job)
         time = traj.time if traj.time is not None and len(traj.time) == traj.n_frames else None
         content, filename, media = await asyncio.to_thread(write_aa, xyz, bm.topology, time, fmt)

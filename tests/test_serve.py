@@ -248,6 +248,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(
         ("file samples", file({"cg_file": ("cg.pdb", pdb)}, {"samples": "0"}), 422, "samples"),
         ("digit-like", file({"cg_file": ("cg.pdb", pdb)}, {"samples": "\u00b2"}), 422, "samples"),
         ("huge seed", lambda: post(server, {**good, "seed": 2**70}), 422, "seed"),
+        ("refine, no force field", lambda: post(server, {**good, "refine": 3}), 422, "refine"),
+        ("refine too long", lambda: post(server, {**good, "refine": 10**6}), 422, "refine"),
+        ("file refine", file({"cg_file": ("cg.pdb", pdb)}, {"refine": "-2"}), 422, "refine"),
         ("hdf5 upload", file({"cg_file": ("cg.h5", b"\x89HDF\r\n\x1a\n" * 8)}), 422, "unknown file type"),
         ("file names", file({"cg_file": ("wrong.pdb", (tmp_path / "wrong.pdb").read_bytes())}), 422, "bead names"),
     ]

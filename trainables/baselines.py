@@ -218,6 +218,10 @@ class EnergyMinimisationBackmapper(Backmapper):
         self._template = None
 
     # -- OpenMM ---------------------------------------------------------------
+    @property
+    def system_name(self) -> str | None:
+        return self.system if isinstance(self.system, str) else None
+
     def _reference_system(self):
         from finegrain.datasets.systems import get_system
 

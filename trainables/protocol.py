@@ -138,6 +138,12 @@ class Backmapper(ABC):
         return _check_split_record(rec, f"{self.family} model")
 
     @property
+    def system_name(self) -> str | None:
+        """The reference system the model was trained on (its force field refines it); None when unknown."""
+        system = (getattr(self, "info", None) or {}).get("system")
+        return system if isinstance(system, str) else None
+
+    @property
     def label(self) -> str:
         """Name on the leaderboard: the family, plus the variant where a family has several."""
         return self.family

@@ -33,6 +33,8 @@ def evaluate(
                                                               "default: the two halves of --reference."),
     split: str = typer.Option("all", help="Shard reference: all trajectories, or the model's own train/validation/"
                                           "test trajectories as recorded when it was trained (fractions, seed, ids)."),
+    refine: int = typer.Option(0, min=0, help="Steps of restrained minimisation with the torch force field after "
+                                              "backmapping; scored as its own leaderboard row (LABEL+refineN)."),
 ) -> None:
     """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
     from rich.console import Console
@@ -40,7 +42,8 @@ def evaluate(
     from finegrain.platform.evaluation import evaluate as run
 
     res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
-              split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference)
+              split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference,
+              refine=refine)
     console = Console()
     for k in sorted(res.metrics):
         console.print(f"{k:32s} {res.metrics[k]:.6g}")

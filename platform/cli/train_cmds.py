@@ -65,6 +65,10 @@ def backmap(
                                                                  "exactly onto its CG frame (not in the paper)."),
     endpoint: Optional[str] = typer.Option(None, help="URL of a running `finegrain serve` (http://127.0.0.1:8000): "
                                                       "backmap there instead of loading a model here."),
+    refine: int = typer.Option(0, min=0, help="Then N steps of batched CG-restrained minimisation with the torch "
+                                              "force field (all frames and samples together)."),
+    system: Optional[str] = typer.Option(None, help="System whose force field --refine uses (default: the one "
+                                                    "the model was trained on)."),
 ) -> None:
     """Backmap a CG trajectory to all-atom with a trained model (here, or on a server: --endpoint)."""
     import mdtraj as md
@@ -78,7 +82,7 @@ def backmap(
         if (model is None) == (endpoint is None):
             raise ValueError("model: give exactly one of --model or --endpoint")
         if endpoint is not None:
-            _backmap_remote(endpoint, top, traj, out, samples, seed, prior, project_cg)
+            _backmap_remote(endpoint, top, traj, out, samples, seed, prior, project_cg, refine)
             return
         cg = md.load(str(traj), top=str(top))
         bm = load_backmapper_any(model)
@@ -91,6 +95,15 @@ def backmap(
                 raise ValueError(f"--project-cg: not supported by {bm.family} models")
             bm.project_cg = True
         trajs = bm.backmap(cg, n_samples=samples, seed=seed)
+        if refine:
+            import numpy as np
+
+            from finegrain.platform.refine import refine as refine_frames
+
+            xyz = refine_frames(np.stack([t.xyz for t in trajs]), cg.xyz, bm.mapping, system or bm.system_name,
+                                refine)
+            for t, x in zip(trajs, xyz):
+                t.xyz = x.astype(np.float32)
         out.parent.mkdir(parents=True, exist_ok=True)
         paths = [out] if len(trajs) == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(len(trajs))]
         for t, p in zip(trajs, paths):
@@ -102,12 +115,12 @@ def backmap(
 
 
 def _backmap_remote(endpoint: str, top: Path, traj: Path, out: Path, samples: int, seed: Optional[int],
-                    prior: Optional[str], project_cg: bool) -> None:
+                    prior: Optional[str], project_cg: bool, refine: int = 0) -> None:
     """``backmap --endpoint``: upload the CG files to a running server, write what it answers."""
     from finegrain.platform.serving import backmap_file_remote
 
     for given, name in ((prior is not None, "--prior"), (project_cg, "--project-cg")):
         if given:
             raise ValueError(f"{name}: not available with --endpoint (the server's model settings apply)")
-    paths = backmap_file_remote(endpoint, traj, top, out, samples=samples, seed=seed)
+    paths = backmap_file_remote(endpoint, traj, top, out, samples=samples, seed=seed, refine=refine)
     typer.echo(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)} (backmapped by {endpoint})")
