@@ -272,13 +272,19 @@ def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.
 
 
 def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: int = 0,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), shuffle_seed: int | None = None):
     """A Ray Dataset of temporal pairs for one split (for ``get_dataset_shard``).
 
     Columns: aa_prev, cg, aa (flat float32, reshape with
     :func:`unflatten_pair_batch`) and frame (index of frame t). Each task reads
-    one trajectory's shards (no shuffle), so pairs never cross a trajectory and
-    do span shard edges. Shuffle with ``iter_torch_batches(local_shuffle_buffer_size=...)``.
+    one trajectory's shards, so pairs never cross a trajectory and do span
+    shard edges. With ``shuffle_seed`` the rows come globally shuffled over
+    every trajectory of the split: each row gets a pseudo-random key, a
+    function of (shuffle_seed, trajectory, frame) only, and the data set is
+    sorted by it, so the order is the same on every run (a resumed run sees
+    what the uninterrupted one saw). Without it a trajectory is one block in
+    time order (``iter_torch_batches(local_shuffle_buffer_size=...)`` then only
+    mixes a window of it).
     """
     import ray.data
 
@@ -291,23 +297,34 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
     n_atoms, n_beads = man.n_atoms, man.n_beads
 
     items = [{"traj_id": t, "paths": man.shard_paths(folder, [t])} for t in ids]
-    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _TrajectoryPairs(n_atoms, n_beads, lag), batch_size=1, batch_format="pyarrow", zero_copy_batch=True
-    )
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _TrajectoryPairs(n_atoms, n_beads, lag, shuffle_seed), batch_size=1, batch_format="pyarrow",
+        zero_copy_batch=True)
+    return ds.sort(SHUFFLE_KEY).drop_columns([SHUFFLE_KEY]) if shuffle_seed is not None else ds
+
+
+SHUFFLE_KEY = "shuffle_key"
 
 
 class _TrajectoryPairs:
     """Ray Data UDF: one trajectory's shard paths in, its temporal pairs out (no shuffle needed)."""
 
-    def __init__(self, n_atoms: int, n_beads: int, lag: int):
-        self.n_atoms, self.n_beads, self.lag = n_atoms, n_beads, lag
+    def __init__(self, n_atoms: int, n_beads: int, lag: int, shuffle_seed: int | None = None):
+        self.n_atoms, self.n_beads, self.lag, self.shuffle_seed = n_atoms, n_beads, lag, shuffle_seed
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        import zlib
+
         paths = [p for ps in batch.column("paths").to_pylist() for p in ps]
         table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
         p = temporal_pairs(_columns(table, self.n_atoms, self.n_beads), self.lag)
         n = len(p["frame"])
-        return {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"]}
+        out = {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"]}
+        if self.shuffle_seed is not None and n:  # a key per row from (seed, trajectory, frame) alone
+            traj = zlib.crc32(str(p["traj_id"][0]).encode())
+            keys = np.random.default_rng([int(self.shuffle_seed), traj]).random(int(p["frame"].max()) + 1)
+            out[SHUFFLE_KEY] = keys[p["frame"]]
+        return out
 
 
 def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):

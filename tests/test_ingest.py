@@ -109,6 +109,21 @@ def test_ray_data_pairs_and_splits(stack, tmp_path, adp_sim, loaded):
     batches = list(iter_pair_batches(out, "validation", lag=1, batch_size=10, fractions=(0.5, 0.5, 0.0)))
     assert sum(b[0].shape[0] for b in batches) == 49 and batches[0][1].shape[1:] == (6, 3)
 
+    # global shuffle: the same pairs, both trajectories interleaved from the start, the same order every run
+    def rows(seed):
+        ds = pair_dataset(out, "train", lag=1, fractions=(1.0, 0.0, 0.0), shuffle_seed=seed)
+        b = ds.take_batch(batch_size=10**6, batch_format="numpy")
+        return b["frame"], unflatten_pair_batch(b, 22, 6)[2]
+
+    frame, aa = rows(3)
+    again, _ = rows(3)
+    np.testing.assert_array_equal(frame, again)
+    assert len(frame) == sum(t.n_frames - 1 for t in loaded.values()) == 98
+    traj_of = [next(t for t, x in loaded.items() if np.array_equal(x.xyz[f], a)) for f, a in zip(frame, aa)]
+    assert set(traj_of[:20]) == set(loaded)  # both trajectories within the first 20 rows
+    assert np.abs(np.diff(frame[:20])).mean() > 5  # and not in time order
+    assert not np.array_equal(frame, rows(4)[0])  # another seed, another order
+
 
 # -- bad input: a clear error naming the file/frame/atom, and nothing left behind ----------
 

@@ -82,7 +82,8 @@ def load_training_data(config) -> TrainingData:
                          f"{gpus:g}; set training.use_gpu=false")
 
     def pairs(split: str):
-        ds = pair_dataset(shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions))
+        shuffle = d.seed if split == "train" and d.global_shuffle else None
+        ds = pair_dataset(shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions), shuffle_seed=shuffle)
         ds = ds.select_columns(["aa_prev", "cg", "aa"])
         return ds.materialize() if d.materialize else ds
 

@@ -62,6 +62,9 @@ class DataSection(_Section):
     seed: int = Field(0, description="seed of the trajectory split")
     materialize: bool = Field(True, description="hold the pairs in the Ray object store (no re-read per epoch)")
     shuffle_buffer: int = Field(1024, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
+    global_shuffle: bool = Field(True, description="shuffle the training pairs over all trajectories once, the same "
+                                 "way on every run (seeded by data.seed); false: each trajectory in time order, only "
+                                 "mixed within the local shuffle buffer")
 
     @field_validator("fractions")
     @classmethod
