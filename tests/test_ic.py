@@ -202,3 +202,28 @@ def test_chignolin_backbone_beads_build_every_side_chain_exactly():
     np.testing.assert_allclose(np.angle(np.exp(1j * (ic[..., 2].numpy() - ref))), 0.0, atol=1e-4)
     back = place(ic, torch.as_tensor(mapping.map(x)), zm).numpy()
     assert np.abs(back - x).max() < 1e-9
+
+
+def test_every_shipped_ic_config_validates_and_bf16_autocast_trains(adp):
+    """The shipped ic configs (CPU and GPU recipes) load; a bf16-autocast step (the GPU recipes' precision,
+    also available on CPU) gives a loss within bfloat16 resolution of the float32 one."""
+    from pathlib import Path
+
+    from finegrain.trainables.ic.train_config import ICTrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "trainables" / "configs").glob("*_ic*.yaml"))
+    assert len(configs) >= 6
+    precisions = {ICTrainConfig.from_yaml(p).training.precision for p in configs}
+    assert precisions == {"32", "bf16-mixed"}
+    top, xyz = adp
+    mapping = get_system("adp").mapping("backbone6")
+    torch.manual_seed(0)
+    m = ConditionalIC(ICConfig.smoke(), build_zmatrix(top, mapping))
+    aa, cg = torch.as_tensor(xyz, dtype=torch.float32), torch.as_tensor(mapping.map(xyz), dtype=torch.float32)
+    m.fit_statistics(aa, cg)
+    full = float(m.loss(aa, cg))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = m.loss(aa, cg)
+    half.backward()
+    assert abs(float(half) - full) < 0.05 * abs(full) + 1.0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())

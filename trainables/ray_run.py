@@ -271,6 +271,19 @@ class TrainWorker:
             optimizer.load_state_dict(ck["optimizer"])
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
 
+    def autocast(self):
+        """The forward-pass precision context of ``training.precision`` (bfloat16 autocast or a no-op)."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.c.get("precision") == "bf16-mixed")
+
+    def compiled(self, model):
+        """``model`` through ``torch.compile`` when ``training.compile`` (the step function, not the saved one)."""
+        import torch
+
+        return torch.compile(model) if self.c.get("compile") else model
+
     def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
         report_step(self.step, metrics, self.logger, self.c, self.rank, save_checkpoint)

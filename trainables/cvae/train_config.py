@@ -102,6 +102,9 @@ class RunSection(_Section):
                                   "start-up that can never get its resources then retries forever)")
     keep_checkpoints: int | None = Field(None, ge=1, description="checkpoints kept on disk; None: all")
     seed: int = 0
+    precision: Literal["32", "bf16-mixed"] = Field("32", description="bf16-mixed: forward passes under bfloat16 "
+                                                  "autocast (GPU recipes; weights and optimiser stay float32)")
+    compile: bool = Field(False, description="torch.compile the model for training (GPU recipes)")
     resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
     work_dir: Path | None = Field(None, description="Ray Train storage and model folders; None: $FINEGRAIN_HOME/runs")
     progress: bool = True

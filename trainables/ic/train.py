@@ -68,7 +68,7 @@ class _Worker(TrainWorker):
         self.opt = torch.optim.AdamW(self.raw.parameters(), lr=self.cfg.learning_rate,
                                      weight_decay=self.cfg.weight_decay)
         self.restore(self.raw, self.opt, load_checkpoint_state)
-        self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
+        self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
 
     def _reseed(self) -> None:
         from finegrain.trainables.ray_run import worker_seed
@@ -80,7 +80,8 @@ class _Worker(TrainWorker):
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.learning_rate * lr_factor(self.step, int(self.c["max_steps"]))
         _, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
-        loss = -self.model(aa, cg).mean()
+        with self.autocast():
+            loss = -self.model(aa, cg).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 10.0)
@@ -146,6 +147,7 @@ def loop_config(config: "ICTrainConfig", manifest, zm: ZMatrix, statistics: dict
         "max_steps": t.max_steps, "log_every": t.log_every, "eval_every": t.eval_every,
         "checkpoint_every": t.checkpoint_every, "has_validation": has_validation, "use_gpu": t.use_gpu,
         "cpus_per_worker": t.cpus_per_worker, "shuffle_buffer": config.data.shuffle_buffer,
+        "precision": t.precision, "compile": t.compile,
         "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None, "local_mode": local_mode,
         "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri, "progress": t.progress,
     }
