@@ -81,8 +81,8 @@ def test_time_to_quality(data, tmp_path):
             f"training.work_dir={tmp_path / family}", "training.progress=false", "tracking.enabled=false"])
         t0 = time.time()
         result = fit(cfg)
-        for ck in sorted(result.run_dir.glob("checkpoint_*")):
-            step = int(ck.name.split("_")[-1])
+        for ck in sorted(p for p in result.run_dir.glob("checkpoint_*") if p.is_dir() and p.name[11:].isdigit()):
+            step = int(ck.name[11:])
             bm = backmapper_from_checkpoint(family, ck, topology, mapping)
             folder = bm.save(tmp_path / f"{family}-{step}")
             metrics = evaluate(str(folder), data["heldout"], log=False, bootstrap=0).metrics
