@@ -62,6 +62,16 @@ def random_rotation(seed: int) -> torch.Tensor:
     return torch.tensor(q, dtype=torch.float32)
 
 
+def _chain_topology():
+    import mdtraj as md
+
+    top = md.Topology()
+    res = top.add_residue("MOL", top.add_chain())
+    for i in range(N_ATOMS):
+        top.add_atom(f"C{i}", md.element.carbon, res)
+    return top
+
+
 @pytest.fixture(scope="module")
 def trained():
     """One flow per mapping on 20 000 harmonic frames; held-out frames and exact answers."""
@@ -127,6 +137,40 @@ def test_velocity_is_rotation_and_translation_equivariant():
     assert not torch.allclose(v_m, v @ mirror, atol=1e-6)  # chiral term: SE(3), not E(3)
 
 
+def test_masked_prev_contributes_nothing():
+    """Hidden AA(t-1): the field (random weights, biases included) ignores its values and equals prev=None."""
+    c = mappings()["pairs"]
+    torch.manual_seed(2)
+    flow = ConditionalFlow(FlowConfig(hidden=16, layers=2, n_rbf=8, temporal=True, prev_dropout=1.0), c,
+                           bead_assignment(c)).double()
+    for p in flow.field.parameters():  # the output heads (coef weight and bias) start at zero: give them values
+        torch.nn.init.normal_(p, std=0.3)
+    y = torch.randn(3, 3, 3, dtype=torch.float64) * 0.2
+    x = flow.geometry.sample_prior(y)
+    t = torch.rand(3, dtype=torch.float64)
+    prev_a, prev_b = flow.geometry.sample_prior(y), flow.geometry.sample_prior(y) + 0.5
+    off = torch.zeros(3, dtype=torch.float64)
+    v_none = flow.velocity(x, t, y)
+    v_a, v_b = flow.velocity(x, t, y, prev_a, off), flow.velocity(x, t, y, prev_b, off)
+    assert torch.equal(v_a, v_b) and torch.allclose(v_a, v_none, rtol=0, atol=1e-12)
+    assert v_none.abs().max() > 1e-2
+    on = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)  # per frame: rows 0, 2 see AA(t-1), row 1 does not
+    w_a, w_b = flow.velocity(x, t, y, prev_a, on), flow.velocity(x, t, y, prev_b, on)
+    assert torch.equal(w_a[1], v_a[1]) and torch.equal(w_b[1], v_a[1])
+    assert (w_a[0] - w_b[0]).abs().max() > 1e-3 and (w_a[0] - v_a[0]).abs().max() > 1e-3  # used when shown
+    # training with prev_dropout=1 (always hidden): the loss does not depend on AA(t-1) either
+    aa = flow.geometry.sample_prior(y) + 1.0
+    with torch.no_grad():
+        losses = [flow.cfm_loss(aa, y + 1.0, p, generator=torch.Generator().manual_seed(4))
+                  for p in (prev_a, prev_b, None)]
+    assert float(losses[0]) == float(losses[1]) == pytest.approx(float(losses[2]), abs=1e-12)
+    # and the frame-only log-density ignores it too (the ODE sees the same field at every step)
+    lp = [flow.log_prob(aa, y, None, divergence="exact", steps=3)]
+    flow.field.prev_emb.data.normal_()  # only the masked edges read prev_emb
+    lp.append(flow.log_prob(aa, y, None, divergence="exact", steps=3))
+    assert torch.equal(lp[0], lp[1])
+
+
 # ----------------------------------------------------------------------------- ODE solvers
 @pytest.mark.parametrize("method,steps,tol", [("euler", 2000, 2e-3), ("rk4", 20, 1e-7), ("dopri5", None, 1e-5)])
 def test_odeint_solves_a_linear_system_both_directions(method, steps, tol):
@@ -173,6 +217,24 @@ def test_exact_and_hutchinson_divergences_agree_in_expectation():
     assert torch.all((mean - exact).abs() < 4 * se + 1e-9), (mean, exact, se)
 
 
+def test_dopri5_error_groups_keep_one_column_from_being_diluted():
+    """A log-det-like column (integrand spiking at t = 1) next to 99 idle ones: normed alone it meets its tolerance."""
+    rate, tol = 30.0, 1e-4
+    f = lambda t, y: torch.cat([torch.zeros_like(y[:, :-1]),  # noqa: E731
+                                torch.full_like(y[:, -1:], rate * math.exp(-rate * (1 - t)))], 1)
+    y0 = torch.cat([torch.ones(1, 99), torch.zeros(1, 1)], 1).double()
+    exact = 1 - math.exp(-rate)  # int_0^1 rate exp(-rate (1 - t)) dt
+    err = {}
+    for name, groups in (("pooled", None), ("split", (slice(0, 99), slice(99, 100)))):
+        out, _ = odeint(f, y0, 0.0, 1.0, "dopri5", rtol=tol, atol=tol, error_groups=groups)
+        assert torch.equal(out[:, :-1], y0[:, :-1])
+        err[name] = abs(float(out[0, -1]) - exact)
+    assert err["split"] < tol / 5, err
+    assert err["pooled"] > tol, err  # the RMS over 100 columns hides the integrand's error (about 10x)
+    with pytest.raises(ValueError, match="error_groups"):
+        odeint(f, y0, 0.0, 1.0, "dopri5", error_groups=(slice(100, 101),))
+
+
 # ----------------------------------------------------------------------------- the Gaussian benchmark
 def test_flow_conditional_entropy_matches_the_analytic_gaussian(trained):
     for name, d in trained.items():
@@ -185,6 +247,76 @@ def test_flow_conditional_entropy_matches_the_analytic_gaussian(trained):
         assert abs(err_atom) < 0.05
         assert abs(err_fibre) < 0.05
         d["nll"] = nll
+
+
+class ExactGaussianField(torch.nn.Module):
+    """The exact CFM velocity of the harmonic ensemble (independent coupling, Gaussian path), in fibre coordinates.
+
+    Per xyz component, eta = N^T x (N the null-space basis of C); target
+    eta1 ~ N(mu(y), S) with S = (N^T K N)^-1, mu = -S N^T K C+ y; prior
+    eta0 ~ N(m0(y), sigma^2 I), m0 = N^T B y.  Then E[eta1 - eta0 | eta_t] =
+    (mu - m0) + (t S - (1 - t) sigma^2) S_t^-1 (eta_t - mean_t), S_t =
+    (1 - t)^2 sigma^2 + t^2 S, which transports the prior onto the target
+    exactly: the flow's log q(x | y) is the analytic Gaussian density.
+    """
+
+    def __init__(self, precision: np.ndarray, c: np.ndarray, assignment: np.ndarray, sigma_nm: float):
+        super().__init__()
+        null = ent._null(c)
+        cov = np.linalg.inv(null.T @ precision @ null)
+        self.null, self.cov = torch.tensor(null), torch.tensor(cov)
+        self.mean_op = torch.tensor(-cov @ null.T @ precision @ np.linalg.pinv(c))
+        self.prior_op = torch.tensor(null.T @ np.eye(c.shape[0])[assignment])
+        self.s2 = sigma_nm ** 2
+
+    def forward(self, x, t, y, prev=None, prev_mask=None):
+        eta = torch.einsum("ia,bic->bac", self.null, x.double())
+        mu, m0 = (torch.einsum("an,bnc->bac", op, y.double()) for op in (self.mean_op, self.prior_op))
+        eye, tt = torch.eye(self.cov.shape[0], dtype=torch.float64), t.double()[:, None, None]
+        cov_t = (1 - tt) ** 2 * self.s2 * eye + tt ** 2 * self.cov
+        gain = (tt * self.cov - (1 - tt) * self.s2 * eye) @ torch.linalg.inv(cov_t)
+        v = (mu - m0) + gain @ (eta - ((1 - tt) * m0 + tt * mu))
+        return torch.einsum("ia,bac->bic", self.null, v).to(x.dtype)
+
+
+def test_default_likelihood_is_adaptive_and_accurate_on_a_stiff_gaussian():
+    """Springs x100 (fibre std 6-10 pm against a 0.1 nm prior): exact field, so the ODE error is the only error."""
+    from scipy.stats import multivariate_normal
+
+    from finegrain.platform.mapping import CGMapping
+    from finegrain.trainables.flow import FlowBackmapper
+
+    k, c = spring_precision() * 100, mappings()["triples"]
+    asg = bead_assignment(c)
+    x, y = ent.sample_harmonic_ensemble(k, c, 8, seed=3)
+    flow = ConditionalFlow(TINY, c, asg)
+    flow.field = ExactGaussianField(k, c, asg, TINY.prior_width_nm)
+    null = ent._null(c)  # analytic reference: scipy's Gaussian density of eta per xyz component
+    cov = np.linalg.inv(null.T @ k @ null)
+    mean_op = -cov @ null.T @ k @ np.linalg.pinv(c)
+    xc, yc = x - y.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    ref = np.array([sum(multivariate_normal(mean_op @ yc[f][:, j], cov).logpdf(null.T @ xc[f][:, j]) for j in range(3))
+                    for f in range(len(x))])
+    a, b = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    lp = {name: flow.log_prob(a, b, divergence="exact", **kw).double().numpy()
+          for name, kw in (("default", {}), ("dopri5", dict(method="dopri5", rtol=TINY.rtol, atol=TINY.atol)),
+                           ("rk4_200", dict(method="rk4", steps=200)), ("rk4_10", dict(steps=10)))}
+    assert np.array_equal(lp["default"], lp["dopri5"])  # the default solver is the adaptive one, config tolerances
+    assert np.abs(lp["rk4_200"] - ref).max() < 1e-3  # the fine fixed-step reference is right
+    assert np.abs(lp["default"] - lp["rk4_200"]).max() < 0.01
+    assert np.abs(lp["default"] - ref).max() < 0.01
+    assert np.abs(lp["rk4_10"] - ref).mean() > 0.2  # what the old default gave: ~0.05-0.1 nat per fibre dof
+    bm = FlowBackmapper(_chain_topology(), CGMapping("triples", c, ("B1", "B2")), flow)
+    ll = bm.log_likelihood(x, y, divergence="exact")
+    assert np.allclose(ll, lp["default"], rtol=0, atol=1e-6)
+
+
+def test_adaptive_likelihood_of_the_trained_flow_matches_fine_rk4(trained):
+    d = trained["triples"]
+    a, b = (torch.tensor(arr[:4], dtype=torch.float32) for arr in (d["x"], d["y"]))
+    ref = d["flow"].log_prob(a, b, divergence="exact", method="rk4", steps=200)
+    got = d["flow"].log_prob(a, b, divergence="exact")
+    assert float((got - ref).abs().max()) < 0.01
 
 
 def test_estimators_rank_mappings_like_the_analytic_answer(trained):
@@ -230,17 +362,12 @@ def test_samples_map_back_and_likelihoods_are_finite_and_reproducible(trained):
 
 
 def test_backmapper_round_trip_and_protocol(trained, tmp_path):
-    import mdtraj as md
-
     from finegrain.platform.mapping import CGMapping
     from finegrain.trainables.flow import FlowBackmapper
     from finegrain.trainables.protocol import load_backmapper
 
     d = trained["pairs"]
-    top = md.Topology()
-    res = top.add_residue("MOL", top.add_chain())
-    for i in range(N_ATOMS):
-        top.add_atom(f"C{i}", md.element.carbon, res)
+    top = _chain_topology()
     mapping = CGMapping("pairs", d["c"], ("B1", "B2", "B3"))
     bm = FlowBackmapper(top, mapping, d["flow"], info={"note": "test"})
     loaded = load_backmapper(bm.save(tmp_path / "model"))

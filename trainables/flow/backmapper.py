@@ -99,7 +99,9 @@ class FlowBackmapper(Backmapper):
 
         aa_xyz [T, N, 3], cg_xyz [T, n, 3] (nm), prev_aa_xyz [T, N, 3] | None
         (temporal models; None: the frame-only density).  options: divergence
-        (exact | hutchinson), n_probes, method, steps, rtol, atol.  Hutchinson
+        (exact | hutchinson), n_probes, method, steps, rtol, atol; by default
+        the adaptive ``config.likelihood_method`` (dopri5) with the config's
+        rtol / atol (see :meth:`ConditionalFlow.log_prob`).  Hutchinson
         probes come from ``seed``: the same call gives the same numbers.
         """
         aa = check_xyz(aa_xyz, self.mapping.n_atoms, "aa_xyz")

@@ -13,7 +13,7 @@ u = P eps it is Hutchinson's unbiased estimator (divided by K).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -39,17 +39,25 @@ _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 
 
 def odeint(f: Field, y0: torch.Tensor, t0: float, t1: float, method: str = "rk4", steps: int = 20,
-           rtol: float = 1e-4, atol: float = 1e-5) -> tuple[torch.Tensor, int]:
+           rtol: float = 1e-4, atol: float = 1e-5,
+           error_groups: Sequence[slice] | None = None) -> tuple[torch.Tensor, int]:
     """Integrate dy/dt = f(t, y) from t0 to t1; returns (y(t1), number of f evaluations).
 
     method: ``euler`` / ``rk4`` with ``steps`` equal steps, or ``dopri5``
-    (adaptive; per-element tolerance atol + rtol |y|, RMS norm per sample,
-    the worst sample controls the shared step).
+    (adaptive; per-element tolerance atol + rtol |y| in the state's units,
+    RMS norm per sample and per error group, the worst sample and group
+    control the shared step).  ``error_groups``: slices of the D columns
+    whose errors are normed separately (default: all D together); e.g. an
+    augmented state [x, log-det] gives the log-det its own group, so its
+    error is not diluted by the RMS over the many x columns.
     """
     if y0.ndim != 2:
         raise ValueError(f"y0: expected shape [B, D], got {tuple(y0.shape)}")
     if method == "dopri5":
-        return _dopri5(f, y0, float(t0), float(t1), rtol, atol)
+        groups = tuple(error_groups) if error_groups else (slice(None),)
+        if any(len(range(y0.shape[1])[g]) == 0 for g in groups):
+            raise ValueError(f"error_groups: every group must select at least one of the {y0.shape[1]} columns")
+        return _dopri5(f, y0, float(t0), float(t1), rtol, atol, groups)
     if method not in ("euler", "rk4"):
         raise ValueError(f"method: expected euler, rk4 or dopri5, got {method!r}")
     if steps < 1:
@@ -71,7 +79,8 @@ def odeint(f: Field, y0: torch.Tensor, t0: float, t1: float, method: str = "rk4"
     return y, nfe
 
 
-def _dopri5(f: Field, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float):
+def _dopri5(f: Field, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: float,
+            groups: tuple[slice, ...] = (slice(None),)):
     direction = 1.0 if t1 >= t0 else -1.0
     span = abs(t1 - t0)
     if span == 0:
@@ -92,7 +101,8 @@ def _dopri5(f: Field, y: torch.Tensor, t0: float, t1: float, rtol: float, atol: 
         nfe += 6
         err = h * sum((b5 - b4) * k for b5, b4, k in zip(_B5, _B4, ks))
         scale = atol + rtol * torch.maximum(y.abs(), y5.abs())
-        ratio = float((err / scale).pow(2).mean(dim=1).sqrt().max())
+        rel = (err / scale).pow(2)
+        ratio = max(float(rel[:, g].mean(dim=1).sqrt().max()) for g in groups)
         if ratio <= 1.0:
             t, y, k1 = t + h, y5, k7
             if direction * (t - t1) >= -1e-12:
