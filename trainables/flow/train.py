@@ -82,7 +82,7 @@ class _Worker(TrainWorker):
         self.raw.to(self.device)
         self.opt = make_optimizer(self.raw)
         self.restore(self.raw, self.opt, load_checkpoint_state)
-        self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
+        self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
         self._reseed()
 
     def _reseed(self) -> None:
@@ -99,7 +99,8 @@ class _Worker(TrainWorker):
         for g in self.opt.param_groups:
             g["lr"] = self.cfg.learning_rate * lr_factor(self.step, int(self.c["max_steps"]))
         prev, cg, aa = self._pairs(batch)
-        loss = self.model(aa, cg, prev, generator=self.gen)
+        with self.autocast():
+            loss = self.model(aa, cg, prev, generator=self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 10.0)
@@ -168,6 +169,7 @@ def loop_config(config: "FlowTrainConfig", manifest, mapping, assignment, *, loc
         "checkpoint_every": t.checkpoint_every, "has_validation": has_validation, "use_gpu": t.use_gpu,
         "cpus_per_worker": t.cpus_per_worker, "val_nll_frames": t.val_nll_frames,
         "val_divergence": t.val_divergence, "val_steps": t.val_steps, "shuffle_buffer": config.data.shuffle_buffer,
+        "precision": t.precision, "compile": t.compile,
         "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None, "local_mode": local_mode,
         "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri, "progress": t.progress,
     }
