@@ -54,13 +54,18 @@ def test_table1_presets():
     assert (cln.beta_schedule, cln.beta_constant, cln.u_max, cln.t_lambda0) == ("constant", 1.0, 1e5, 750_000)
     assert (cln.lambda_initial, cln.lambda_final, cln.n_lambda, cln.w_clip) == (1e-6, 1.0, 1_250_000, 0.1)
     assert not adp.frame_based and CVAEConfig.adp(frame_based=True).frame_based
+    # teacher forcing as in the paper (clean AA(t-1)); the schedules are written for Table 1's step counts
+    assert adp.prev_noise_nm == 0.0 and cln.prev_noise_nm == 0.0
+    assert (adp.schedule_steps, adp.max_steps, cln.schedule_steps, cln.max_steps) == (
+        14_800_000, 14_800_000, 9_400_000, 9_400_000)
     assert CVAEConfig.from_dict(adp.to_dict()) == adp
 
 
 @pytest.mark.parametrize("field,value", [
     ("sigma", -0.1), ("n_grid", 0), ("d_latent", 12), ("learning_rate", float("nan")),
     ("beta_schedule", "linear"), ("u_max", 0.0), ("encoder_strides", (3,)), ("frame_based", 1),
-    ("batch_size", 2.0),
+    ("batch_size", 2.0), ("prev_noise_nm", -0.01), ("prev_noise_nm", float("inf")), ("prev_noise_nm", None),
+    ("schedule_steps", 1.5), ("schedule_steps", -3),
 ])
 def test_config_validation_names_field(field, value):
     with pytest.raises(ValueError, match=field):

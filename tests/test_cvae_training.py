@@ -25,7 +25,9 @@ from typer.testing import CliRunner
 from finegrain.platform.shards import Manifest, read_frames, split_trajectories
 from finegrain.trainables.cvae import CVAE, CVAEConfig
 from finegrain.trainables.cvae.backmapper import CVAEBackmapper, GaussianMixtureSampler
-from finegrain.trainables.cvae.train import fit_detailed, load_checkpoint_state, prepare_triplet, step_loss
+from finegrain.platform.voxels import apply_rotation, random_rotations
+from finegrain.trainables.cvae.train import (SeedBank, _Worker, fit_detailed, load_checkpoint_state, prepare_triplet,
+                                             step_loss)
 from finegrain.trainables.cvae.train_config import ConfigError, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +173,114 @@ def test_triplet_augmentation_and_energy_term_wiring():
     assert t4["total"] == pytest.approx(t0["total"] + 1e-3 * t4["energy"], rel=1e-5)
 
 
+def _training_input(cfg: CVAEConfig, aa_prev, cg, aa, seed: int) -> torch.Tensor:
+    """The AA(t-1) that one real training update (``_Worker._train_step``) feeds to the loss."""
+    ref, mapping = _adp()
+    w = _Worker.__new__(_Worker)  # the worker's state without a Ray Train context
+    w.cfg, w.c, w.rank, w.step, w.n_atoms, w.n_beads = cfg, {}, 0, 0, ref.n_atoms, mapping.n_beads
+    torch.manual_seed(0)
+    w.raw = w.model = CVAE(cfg, ref.n_atoms, mapping.n_beads)
+    w.opt = torch.optim.Adam(w.raw.parameters(), lr=cfg.learning_rate)
+    w.mapping, w.energy_fn = torch.tensor(mapping.matrix, dtype=torch.float32), None
+    w.gen = w.gen_dev = torch.Generator().manual_seed(seed)
+    seen = []
+    real_loss = w._loss
+
+    def spy(module, prev, *rest):
+        seen.append(prev.detach().clone())
+        return real_loss(module, prev, *rest)
+
+    w._loss = spy
+    b = aa.shape[0]
+    terms = w._train_step({"aa_prev": aa_prev.reshape(b, -1), "cg": cg.reshape(b, -1), "aa": aa.reshape(b, -1)})
+    assert math.isfinite(terms["total"])
+    return seen[0]
+
+
+def test_prev_noise_is_training_only_isotropic_gaussian_of_the_configured_std():
+    ref, mapping = _adp()
+    rng = np.random.default_rng(6)
+    b, s = 256, 0.05
+    aa = torch.tensor(ref.positions_nm[None] + 0.01 * rng.normal(size=(b, ref.n_atoms, 3)), dtype=torch.float32) + 1.5
+    prev = aa + torch.tensor(0.005 * rng.normal(size=aa.shape), dtype=torch.float32)
+    # contiguous, as batches come (a strided CG changes the centroid's float32 summation order)
+    cg = torch.einsum("bi,fic->fbc", torch.tensor(mapping.matrix, dtype=torch.float32), aa).contiguous()
+    # the pre-noise computation written out: centre on CG(t)'s centroid, one rotation per triplet
+    g = torch.Generator().manual_seed(3)
+    rot = random_rotations(b, generator=g, dtype=torch.float32)
+    clean_ref = apply_rotation(prev - cg.mean(1, keepdim=True), rot)
+    state_after = g.get_state()
+    # prev_noise_nm = 0: bit-identical input and an untouched random stream (later steps unchanged)
+    g0 = torch.Generator().manual_seed(3)
+    p0, c0, a0 = prepare_triplet(prev, cg, aa, g0, prev_noise_nm=0.0)
+    assert torch.equal(p0, clean_ref) and torch.equal(g0.get_state(), state_after)
+    assert torch.equal(_training_input(CVAEConfig.smoke(), prev, cg, aa, seed=3), clean_ref)
+    # prev_noise_nm = 0.05 nm: the training input is the clean one plus N(0, 0.05^2) per coordinate
+    pn, cn, an = prepare_triplet(prev, cg, aa, torch.Generator().manual_seed(3), prev_noise_nm=s)
+    assert torch.equal(cn, c0) and torch.equal(an, a0)  # AA(t), CG(t) untouched
+    noisy = _training_input(CVAEConfig.smoke(prev_noise_nm=s), prev, cg, aa, seed=3)
+    assert torch.equal(noisy, pn)
+    eps = (noisy - clean_ref).double().reshape(-1, 3).numpy()
+    n = eps.shape[0] * 3
+    se_std = s / math.sqrt(2 * n)  # standard error of a Gaussian sample std
+    assert abs(eps.std() - s) < 5 * se_std and abs(eps.mean()) < 5 * s / math.sqrt(n)
+    for axis_std in eps.std(axis=0):  # isotropic: every axis the same std
+        assert abs(axis_std - s) < 5 * s / math.sqrt(2 * eps.shape[0])
+    corr = np.corrcoef(eps.T)[np.triu_indices(3, 1)]
+    assert np.all(np.abs(corr) < 5 / math.sqrt(eps.shape[0]))  # uncorrelated axes
+    assert abs(np.mean(np.abs(eps) < s) - 0.682689) < 0.015  # Gaussian: 68.27 % within one std
+    with pytest.raises(ValueError, match="generator"):  # validation (no generator) cannot be noised
+        prepare_triplet(prev, cg, aa, None, prev_noise_nm=s)
+    # the presets keep the paper's clean teacher forcing; the smoke config sets 0.01 nm
+    assert TrainConfig.from_yaml(CONFIGS / "adp_cvae.yaml").cvae().prev_noise_nm == 0.0
+    assert TrainConfig.from_yaml(CONFIGS / "adp_cvae_smoke.yaml").cvae().prev_noise_nm == 0.01
+
+
+def _stream(n_traj: int, per_traj: int, seed: int = 0):
+    """Synthetic raw pairs in trajectory order: cg [P, 6, 3], aa_prev [P, 22, 3], traj [P], position [P]."""
+    g = torch.Generator().manual_seed(seed)
+    p = n_traj * per_traj
+    return (torch.randn(p, 6, 3, generator=g) + 2.0, torch.randn(p, 22, 3, generator=g),
+            np.repeat(np.arange(n_traj), per_traj), np.arange(p))
+
+
+def test_seed_bank_is_a_uniform_sample_of_every_pair_independent_of_batching_and_workers():
+    from scipy.stats import chisquare
+
+    cg, prev, traj, pos = _stream(5, 200)
+    cap, n_seeds = 100, 300
+    picked = []
+    for seed in range(n_seeds):
+        bank = SeedBank(cap, seed)
+        for i in range(0, len(cg), 64):  # batches in trajectory order (what a worker sees)
+            bank.add(cg[i:i + 64], prev[i:i + 64])
+        got = bank.tensors()
+        # identify each bank row by its centred CG frame
+        centred = (cg - cg.mean(1, keepdim=True)).reshape(len(cg), -1)
+        idx = torch.cdist(got["cg"].reshape(cap, -1), centred).argmin(1).numpy()
+        np.testing.assert_allclose(got["cg"].numpy(), centred[idx].reshape(cap, 6, 3).numpy(), atol=1e-6)
+        np.testing.assert_allclose(got["aa_prev"].numpy(), (prev - cg.mean(1, keepdim=True))[idx].numpy(), atol=1e-6)
+        assert len(set(idx)) == cap and set(traj[idx]) == set(range(5))  # every trajectory contributes
+        picked.append(pos[idx])
+    # pooled positions are uniform over the whole stream (a "first N pairs" bank puts all in bin 0)
+    counts = np.bincount(np.concatenate(picked) // 100, minlength=10)
+    assert chisquare(counts).pvalue > 1e-3, counts
+    # deterministic, and independent of batch size, order and how pairs are split over workers
+    ref = SeedBank(cap, 7)
+    ref.add(cg, prev)
+    perm = np.random.default_rng(1).permutation(len(cg))
+    parts = [SeedBank(cap, 7) for _ in range(3)]
+    for k, chunk in enumerate(np.array_split(perm, 17)):
+        parts[k % 3].add(cg[chunk], prev[chunk])
+    merged = SeedBank.merge(cap, 7, [p.state() for p in parts])
+    np.testing.assert_array_equal(merged.keys, ref.keys)
+    assert torch.equal(merged.tensors()["cg"], ref.tensors()["cg"])
+    assert torch.equal(merged.tensors()["aa_prev"], ref.tensors()["aa_prev"])
+    other = SeedBank(cap, 8)
+    other.add(cg, prev)
+    assert not torch.equal(other.tensors()["cg"], ref.tensors()["cg"])  # the seed matters
+
+
 # ----------------------------------------------------------------------------- Ray Train + MLflow
 def _hand_lambda(t: int) -> float:  # eq. 5 with t_lambda0 = 2, n_lambda = 4, 1e-6 -> 1
     return 0.0 if t < 2 else (1.0 if t >= 6 else 1e-6 * (1e6) ** ((t - 2) / 4))
@@ -238,6 +348,41 @@ def test_two_worker_ray_train_retries_resumes_exactly_and_is_tracked(stack, adp_
     local = Path(mlflow.artifacts.download_artifacts(a.model_uri, dst_path=str(tmp_path / "dl"), tracking_uri=stack.mlflow_uri))
     files = sorted(p.name for p in (local / "artifacts" / "backmapper").iterdir())
     assert files == ["backmapper.json", "topology.pdb", "weights.pt"]  # JSON, PDB, tensors only
+
+
+def _bank_sources(shards: Path, bank: CVAEBackmapper) -> list[tuple[str, int]]:
+    """(trajectory, frame t) of every bank row, matched against pairs read from the shard files."""
+    fr = read_frames(shards)
+    out = []
+    for tid in np.unique(fr["traj_id"]):
+        sel = fr["traj_id"] == tid
+        cg, aa = fr["cg_xyz_nm"][sel].astype(np.float64), fr["aa_xyz_nm"][sel].astype(np.float64)
+        c = cg[1:].mean(1, keepdims=True)  # CG(t) centroid, t >= 1 (lag 1)
+        cg_c, prev_c = cg[1:] - c, aa[:-1] - c
+        for i in range(len(bank.bank_cg)):
+            d = np.abs(cg_c - bank.bank_cg[i]).max(axis=(1, 2))
+            j = int(d.argmin())
+            if d[j] < 1e-5:
+                np.testing.assert_allclose(bank.bank_aa_prev[i], prev_c[j], atol=1e-5)  # AA(t-1) of the same pair
+                out.append((str(tid), j + 1))
+    return out
+
+
+def test_seed_bank_samples_every_training_trajectory_deterministically(stack, adp_shards, tmp_path):
+    """Both ADP trajectories train (fractions 1/0/0): the bank draws from both and from their whole length."""
+    sets = ["data.fractions=[1.0, 0.0, 0.0]", "training.max_steps=2", "training.bank_size=16"]
+    a = fit_detailed(smoke(adp_shards, tmp_path / "a", *sets)).backmapper
+    src = _bank_sources(adp_shards, a)
+    n_pairs = Manifest.load(adp_shards).n_frames - Manifest.load(adp_shards).n_trajectories
+    assert len(src) == 16 and len(set(src)) == 16 and n_pairs > 16  # all rows are distinct training pairs
+    assert len({t for t, _ in src}) == Manifest.load(adp_shards).n_trajectories == 2
+    assert max(f for _, f in src) > 16  # not the first 16 pairs of a trajectory
+    # same seed, different batch boundaries (model.batch_size 70: posterior batches of 70, not 64): the same bank
+    b = fit_detailed(smoke(adp_shards, tmp_path / "b", *sets, "model.batch_size=70")).backmapper
+    np.testing.assert_array_equal(b.bank_cg, a.bank_cg)
+    np.testing.assert_array_equal(b.bank_aa_prev, a.bank_aa_prev)
+    c = fit_detailed(smoke(adp_shards, tmp_path / "c", *sets, "training.seed=1")).backmapper
+    assert sorted(_bank_sources(adp_shards, c)) != sorted(src)
 
 
 # ----------------------------------------------------------------------------- CLI

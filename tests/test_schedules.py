@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from finegrain.trainables.cvae.config import CVAEConfig
-from finegrain.trainables.schedules import beta_schedule, constant_schedule, lambda_schedule
+from finegrain.trainables.schedules import beta_schedule, compress_schedule, constant_schedule, lambda_schedule
 
 T0, NL, LI, LF = 200_000, 1_250_000, 1e-6, 1.0
 M, R, K, TAU = 4, 25_000, 0.0025, 10_000.0
@@ -103,6 +103,58 @@ def test_config_dispatch_adp_and_chignolin():
     assert cln.lambda_at(749_999) == 0.0 and cln.lambda_at(750_000) == pytest.approx(1e-6)
     assert cln.lambda_at(750_000 + NL) == 1.0
     assert adp.clip_at(T0 - 1) is None and adp.clip_at(T0) == 0.1
+
+
+# ----------------------------------------------------------------------------- runs shorter than Table 1
+ADP_STEPS = 14_800_000  # Table 1: ADP training steps
+
+
+def test_short_run_compresses_breakpoints_to_the_papers_fractions():
+    # 148k steps = 1 % of Table 1: every breakpoint / 100 (exact), k * 100
+    short = CVAEConfig.adp(max_steps=148_000)
+    assert tuple(short.schedule) == (2_000, 12_500, 250, 100.0, 0.25)
+    # 600 steps (a demo run): t0 = ceil(600 * 2e5 / 14.8e6 = 8.108) = 9, n = round(50.68) = 51,
+    # R = round(1.0135) = 1, tau = 1e4 / 25000 = 0.4 steps, k = 0.0025 * 25000 = 62.5 / step
+    assert tuple(CVAEConfig.adp(max_steps=600).schedule) == (9, 51, 1, 0.4, 62.5)
+    # warm-up and ramp are the paper's fractions of the run (1.35 %, 8.45 %)
+    assert short.schedule.t_lambda0 / 148_000 == pytest.approx(T0 / ADP_STEPS)
+    assert short.schedule.n_lambda / 148_000 == pytest.approx(NL / ADP_STEPS)
+    # eq. 5 / eq. 6 by hand with the compressed numbers
+    assert short.lambda_at(1_999) == 0.0 and short.lambda_at(2_000) == 1e-6
+    assert short.lambda_at(2_000 + 6_250) == pytest.approx(1e-3, rel=1e-12)
+    assert short.lambda_at(14_499) == pytest.approx(1e-6 * 1e6 ** (12_499 / 12_500), rel=1e-12)
+    assert short.lambda_at(14_500) == 1.0
+    assert short.clip_at(1_999) is None and short.clip_at(2_000) == 0.1
+    for t in (0, 100, 249, 250, 777, 999):
+        assert short.beta_at(t) == pytest.approx(1 / (1 + math.exp(-0.25 * ((t % 250) - 100))), rel=1e-12)
+    assert short.beta_at(1_000) == 1.0  # M R = 4 * 250
+    # chignolin (9.4M steps): 10 % of the run -> t0 = 75000, n = 125000; beta stays constant
+    cln = CVAEConfig.chignolin(max_steps=940_000)
+    assert (cln.schedule.t_lambda0, cln.schedule.n_lambda) == (75_000, 125_000)
+    assert cln.lambda_at(74_999) == 0.0 and cln.lambda_at(75_000) == 1e-6 and cln.lambda_at(200_000) == 1.0
+    assert cln.beta_at(3) == 1.0
+
+
+def test_full_length_and_absolute_schedules_are_unchanged():
+    for cfg in (CVAEConfig.adp(), CVAEConfig.adp(max_steps=20_000_000)):
+        assert tuple(cfg.schedule) == (T0, NL, R, TAU, K)
+        assert cfg.lambda_at(T0 - 1) == 0.0 and cfg.lambda_at(T0) == 1e-6 and cfg.lambda_at(T0 + NL) == 1.0
+        assert cfg.beta_at(12_345) == beta(12_345) and cfg.beta_at(M * R) == 1.0
+    cln = CVAEConfig.chignolin()
+    assert (cln.schedule.t_lambda0, cln.schedule.n_lambda) == (750_000, NL)
+    # the smoke preset's breakpoints are absolute (schedule_steps=None) at any run length
+    for steps in (6, 50, 600):
+        assert tuple(CVAEConfig.smoke(max_steps=steps).schedule) == (10, 20, 10, 5.0, 0.5)
+    # schedule_steps <= max_steps: never rescaled
+    assert tuple(CVAEConfig.adp(max_steps=600, schedule_steps=600).schedule) == (T0, NL, R, TAU, K)
+    # exact integers (no float rounding): 7/14.8M of 2e5 = 0.0946 -> ceil 1; n, R floor at 1
+    assert tuple(compress_schedule(7, ADP_STEPS, t_lambda0=T0, n_lambda=NL, cycle_length=R, tau=TAU, k=K))[:3] == (
+        1, 1, 1)
+    assert compress_schedule(5, 10, t_lambda0=0, n_lambda=3, cycle_length=5, tau=1.0, k=1.0).n_lambda == 2  # 1.5 up
+    with pytest.raises(ValueError, match="schedule_steps"):
+        CVAEConfig.adp(schedule_steps=0)
+    with pytest.raises(ValueError, match="reference_steps"):
+        compress_schedule(5, 0, t_lambda0=0, n_lambda=3, cycle_length=5, tau=1.0, k=1.0)
 
 
 @pytest.mark.parametrize("call,arg", [

@@ -4,17 +4,25 @@ Paper 001, SI 4.1: eq. 5 (exponential annealing of the energy prefactor
 lambda) and eq. 6 (cyclic sigmoid annealing of the KL prefactor beta, after
 Fu et al.), plus a constant schedule.  Shared by any model family.
 
-Every function accepts a Python int (returns a Python float) or an integer
-numpy array (returns a float64 array of the same shape).  Steps count from 0.
+Every schedule function accepts a Python int (returns a Python float) or an
+integer numpy array (returns a float64 array of the same shape).  Steps count
+from 0.
+
+Short runs: :func:`compress_schedule` rescales breakpoints written for a run of
+``reference_steps`` steps (e.g. Table 1's 14.8M ADP steps) to a run of
+``max_steps < reference_steps`` steps by f = max_steps / reference_steps, so
+every phase (lambda = 0 warm-up, lambda ramp, beta cycles) keeps its fraction
+of the run; runs at least ``reference_steps`` long are left unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["lambda_schedule", "beta_schedule", "constant_schedule"]
+__all__ = ["lambda_schedule", "beta_schedule", "constant_schedule", "ScheduleBreakpoints", "compress_schedule"]
 
 
 def _steps(step) -> tuple[np.ndarray, bool]:
@@ -118,3 +126,53 @@ def constant_schedule(step, value: float = 1.0):
     t, scalar = _steps(step)
     v = _finite(value, "value")
     return _out(np.full(t.shape, v, dtype=np.float64), scalar)
+
+
+class ScheduleBreakpoints(NamedTuple):
+    """Breakpoints of eqs. 5 and 6 in steps: t_lambda0, n_lambda, cycle_length R, tau (steps), k (1/steps)."""
+
+    t_lambda0: int
+    n_lambda: int
+    cycle_length: int
+    tau: float
+    k: float
+
+
+def _round_ratio(a: int, m: int, r: int) -> int:
+    """round(a * m / r), halves up, in exact integer arithmetic."""
+    return (2 * a * m + r) // (2 * r)
+
+
+def compress_schedule(max_steps: int, reference_steps: int | None, *, t_lambda0: int, n_lambda: int,
+                      cycle_length: int, tau: float, k: float) -> ScheduleBreakpoints:
+    """Breakpoints written for a ``reference_steps``-step run, scaled to a ``max_steps``-step run.
+
+    With f = max_steps / reference_steps < 1 (a run shorter than the one the
+    schedule was written for, e.g. 600 steps of Table 1's 14.8M-step ADP
+    schedule) every breakpoint is scaled by f, so each phase keeps its
+    fraction of the run:
+
+    * t_lambda0' = ceil(f t_lambda0) steps of lambda = 0 (rounded up: the
+      warm-up is never a smaller fraction than the paper's, and lambda(0) = 0
+      whenever t_lambda0 > 0);
+    * n_lambda' = max(1, round(f n_lambda)) steps of geometric ramp;
+    * R' = max(1, round(f R)) steps per beta cycle (the number of cycles M is
+      kept), with tau' = tau R' / R steps and k' = k R / R' per step, so the
+      sigmoid has the same shape within a cycle.
+
+    Runs with max_steps >= reference_steps, or ``reference_steps=None``
+    (breakpoints in absolute steps), get the breakpoints back unchanged.
+    All arguments in steps (k in 1/steps); integers are exact (no float rounding).
+    """
+    m = _pos_int(max_steps, "max_steps")
+    t0 = _nonneg_int(t_lambda0, "t_lambda0")
+    n = _pos_int(n_lambda, "n_lambda")
+    r_len = _pos_int(cycle_length, "cycle_length")
+    tau = _finite(tau, "tau")
+    k = _finite(k, "k", positive=True)
+    if reference_steps is None or m >= _pos_int(reference_steps, "reference_steps"):
+        return ScheduleBreakpoints(t0, n, r_len, tau, k)
+    ref = int(reference_steps)
+    r_new = max(1, _round_ratio(r_len, m, ref))
+    return ScheduleBreakpoints(-(-t0 * m // ref), max(1, _round_ratio(n, m, ref)), r_new,
+                               tau * r_new / r_len, k * r_len / r_new)

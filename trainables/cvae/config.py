@@ -53,10 +53,24 @@ class CVAEConfig:
         blocks after concatenating condition and latent branches (the paper
         gives no block counts for the decoder; 5 and 8 give the ~1.2M
         parameters SI 4.1 reports for ADP); kernel_size; leaky_relu_slope; frame_based: ablation without AA(t-1).
+    Training input
+        prev_noise_nm (nm): standard deviation of isotropic Gaussian noise
+        added to every Cartesian component of AA(t-1) during training
+        updates only (not validation, not the posterior/GMM pass, not
+        inference), so the decoder cannot just copy a clean previous frame
+        (0: the paper's clean teacher forcing).
     Optimisation
         learning_rate (Adam), batch_size, max_steps (Table 1 "number of
         training steps"); w_clip: gradient-norm clip applied once lambda > 0
         (None: never clip).
+    Schedule length
+        schedule_steps: the run length (steps) the lambda/beta breakpoints
+        below are written for (Table 1: the paper's step count).  A run with
+        max_steps < schedule_steps compresses every breakpoint by
+        max_steps / schedule_steps (:func:`~finegrain.trainables.schedules.compress_schedule`),
+        so warm-up, ramp and beta cycles keep the paper's fraction of the run;
+        a full-length (or longer) run uses them as written.  None: the
+        breakpoints are absolute steps, never rescaled (the smoke preset).
     Energy prefactor lambda, eq. 5
         t_lambda0, n_lambda, lambda_initial, lambda_final; u_max (kJ/mol):
         cap on the reconstructed energy in L_energy (None: no cap).
@@ -82,11 +96,13 @@ class CVAEConfig:
     kernel_size: int = 3
     leaky_relu_slope: float = 0.01
     frame_based: bool = False
+    prev_noise_nm: float = 0.0
     # optimisation
     learning_rate: float = 1.398e-4
     batch_size: int = 32
     max_steps: int = 14_800_000
     w_clip: float | None = 0.1
+    schedule_steps: int | None = 14_800_000
     # lambda schedule (eq. 5) and energy cap
     t_lambda0: int = 200_000
     n_lambda: int = 1_250_000
@@ -125,7 +141,9 @@ class CVAEConfig:
             v = getattr(self, name)
             if v is not None and (not _is_num(v) or v <= 0):
                 raise ValueError(f"CVAEConfig.{name} must be None or a finite number > 0, got {v!r}")
-        for name in ("beta_tau", "beta_constant", "leaky_relu_slope"):
+        if self.schedule_steps is not None and (not _is_int(self.schedule_steps) or self.schedule_steps <= 0):
+            raise ValueError(f"CVAEConfig.schedule_steps must be None or a positive int, got {self.schedule_steps!r}")
+        for name in ("beta_tau", "beta_constant", "leaky_relu_slope", "prev_noise_nm"):
             v = getattr(self, name)
             if not _is_num(v) or v < 0:
                 raise ValueError(f"CVAEConfig.{name} must be a finite number >= 0, got {v!r}")
@@ -162,19 +180,29 @@ class CVAEConfig:
         """Standard deviation of each particle density, nm: sqrt(sigma / 2) (sigma in nm^2)."""
         return math.sqrt(self.sigma / 2)
 
+    @property
+    def schedule(self) -> _schedules.ScheduleBreakpoints:
+        """The breakpoints this run uses: (t_lambda0, n_lambda, beta_cycle_length, beta_tau, beta_k) in steps
+        (k in 1/steps), compressed by max_steps / schedule_steps when the run is shorter than schedule_steps."""
+        return _schedules.compress_schedule(self.max_steps, self.schedule_steps, t_lambda0=self.t_lambda0,
+                                            n_lambda=self.n_lambda, cycle_length=self.beta_cycle_length,
+                                            tau=self.beta_tau, k=self.beta_k)
+
     def lambda_at(self, step):
-        """lambda(step), eq. 5; int -> float, integer ndarray -> ndarray."""
-        return _schedules.lambda_schedule(step, self.t_lambda0, self.n_lambda, self.lambda_initial, self.lambda_final)
+        """lambda(step), eq. 5 with :attr:`schedule`'s breakpoints; int -> float, integer ndarray -> ndarray."""
+        b = self.schedule
+        return _schedules.lambda_schedule(step, b.t_lambda0, b.n_lambda, self.lambda_initial, self.lambda_final)
 
     def beta_at(self, step):
-        """beta(step): eq. 6 (cyclic) or constant; int -> float, integer ndarray -> ndarray."""
+        """beta(step): eq. 6 (cyclic, :attr:`schedule`'s R, tau, k) or constant; int -> float, ndarray -> ndarray."""
         if self.beta_schedule == "cyclic":
-            return _schedules.beta_schedule(step, self.beta_n_cycles, self.beta_cycle_length, self.beta_k, self.beta_tau)
+            b = self.schedule
+            return _schedules.beta_schedule(step, self.beta_n_cycles, b.cycle_length, b.k, b.tau)
         return _schedules.constant_schedule(step, self.beta_constant)
 
     def clip_at(self, step: int) -> float | None:
-        """Gradient-norm clip for ``step``: w_clip once lambda > 0 (t >= t_lambda0), else None."""
-        return self.w_clip if step >= self.t_lambda0 else None
+        """Gradient-norm clip for ``step``: w_clip once lambda > 0 (t >= :attr:`schedule`'s t_lambda0), else None."""
+        return self.w_clip if step >= self.schedule.t_lambda0 else None
 
     # --------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -210,7 +238,7 @@ class CVAEConfig:
         """Table 1, CLN column (chignolin, frames 100 ps apart)."""
         return cls(
             grid_width=5.5, sigma=0.3076, d_latent=64, d_hidden_encoder=32, d_hidden_decoder=64,
-            learning_rate=4.233e-4, batch_size=32, max_steps=9_400_000, w_clip=0.1,
+            learning_rate=4.233e-4, batch_size=32, max_steps=9_400_000, schedule_steps=9_400_000, w_clip=0.1,
             t_lambda0=750_000, n_lambda=1_250_000, lambda_initial=1e-6, lambda_final=1.0, u_max=1e5,
             beta_schedule="constant", beta_constant=1.0,
         ).replace(**overrides)
@@ -218,6 +246,9 @@ class CVAEConfig:
     @classmethod
     def smoke(cls, **overrides: Any) -> "CVAEConfig":
         """A tiny model (8^3 grid, 8 channels) with compressed schedules, for tests and CI.
+
+        Its breakpoints are absolute steps (schedule_steps = None): a run of any
+        length keeps lambda = 0 for exactly t_lambda0 steps.
 
         sigma = 0.035 nm^2 (std 0.132 nm) on 0.2 nm cells, r_grid = 1.6 nm:
         collapse(voxelize(x)) recovers a centred ADP structure to 9e-4 nm
@@ -228,7 +259,7 @@ class CVAEConfig:
         return cls(
             n_grid=8, grid_width=1.6, sigma=0.035, d_latent=8, d_hidden_encoder=8, d_hidden_decoder=8,
             encoder_strides=(2, 2), n_condition_blocks=1, n_decoder_blocks=1,
-            learning_rate=1e-3, batch_size=4, max_steps=50, w_clip=0.1,
+            learning_rate=1e-3, batch_size=4, max_steps=50, schedule_steps=None, w_clip=0.1,
             t_lambda0=10, n_lambda=20, lambda_initial=1e-6, lambda_final=1.0, u_max=None,
             beta_schedule="cyclic", beta_n_cycles=2, beta_cycle_length=10, beta_k=0.5, beta_tau=5.0,
             n_gmm_components=2,

@@ -11,7 +11,11 @@ Per step t (0-based count of optimizer steps already taken):
    Ray Data shard (``get_dataset_shard("train").iter_torch_batches``);
 2. one shared translation (CG(t)'s centroid to the origin) and one uniform
    random rotation per triplet, applied identically to AA(t), CG(t), AA(t-1);
-3. eq. 3 with lambda(t) (eq. 5) and beta(t) (eq. 6); L_ENERGY only once
+   then, when ``prev_noise_nm`` > 0, isotropic Gaussian noise of that standard
+   deviation (nm, per Cartesian component) on AA(t-1) (training updates only);
+3. eq. 3 with lambda(t) (eq. 5) and beta(t) (eq. 6), their breakpoints
+   compressed to the run when it is shorter than the config's
+   ``schedule_steps`` (:attr:`CVAEConfig.schedule`); L_ENERGY only once
    lambda > 0; Adam; gradient-norm clipping at ``w_clip`` once lambda > 0.
 
 Checkpoints (a folder: ``model.pt``, ``optimizer.pt``, ``state.json``
@@ -22,7 +26,9 @@ new run given ``resume_from`` continues at the saved step, so the schedules
 (functions of the step) continue exactly.  After the last step the workers
 encode their shards (posterior means, augmented as in training) and rank 0
 fits the latent GMM (section 2.4) and keeps a bank of training (CG(t),
-AA(t-1)) pairs for seeding inference.  Only rank 0 logs to MLflow.
+AA(t-1)) pairs for seeding inference: a uniform random sample, seeded by the
+training seed, of all training pairs of all training trajectories
+(:class:`SeedBank`).  Only rank 0 logs to MLflow.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
     from finegrain.trainables.cvae.train_config import TrainConfig
 
 __all__ = ["fit", "fit_detailed", "FitResult", "loop_config", "train_loop_per_worker", "prepare_triplet", "step_loss",
-           "save_checkpoint_dir", "load_checkpoint_state"]
+           "save_checkpoint_dir", "load_checkpoint_state", "SeedBank"]
 
 CKPT_MODEL, CKPT_OPTIM, CKPT_META, CKPT_GMM, CKPT_BANK = "model.pt", "optimizer.pt", "state.json", "gmm.pt", "bank.pt"
 TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
@@ -84,19 +90,30 @@ def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- one step
 def prepare_triplet(aa_prev: torch.Tensor, cg: torch.Tensor, aa: torch.Tensor,
-                    generator: torch.Generator | None = None):
+                    generator: torch.Generator | None = None, prev_noise_nm: float = 0.0):
     """Centre a batch of triplets on CG(t)'s centroid and (with a CPU ``generator``) rotate them.
 
     aa_prev, aa [B, N, 3], cg [B, n, 3] nm -> the same shapes: one translation
     and one uniformly random rotation per triplet, shared by its three frames
     (section 2.3); ``generator=None`` centres only (validation).
+    ``prev_noise_nm`` > 0 (needs ``generator``; training only) then adds
+    i.i.d. N(0, prev_noise_nm^2) nm^2 noise to every coordinate of AA(t-1),
+    drawn from ``generator`` after the rotations; 0 draws nothing (the
+    result and the generator's stream are exactly those without noise).
     """
+    if prev_noise_nm < 0 or not np.isfinite(prev_noise_nm):
+        raise ValueError(f"prev_noise_nm must be a finite number >= 0 (nm), got {prev_noise_nm!r}")
+    if prev_noise_nm > 0 and generator is None:
+        raise ValueError("prev_noise_nm > 0 needs a generator (noise is a training-time augmentation)")
     ref = cg
     aa_prev, aa = mean_centre(aa_prev, reference=ref), mean_centre(aa, reference=ref)
     cg = mean_centre(cg, reference=ref)
     if generator is not None:
         rot = random_rotations(cg.shape[0], generator=generator, dtype=cg.dtype, device=cg.device)
         aa_prev, cg, aa = (apply_rotation(x, rot) for x in (aa_prev, cg, aa))
+    if prev_noise_nm > 0:
+        noise = torch.randn(aa_prev.shape, generator=generator, dtype=aa_prev.dtype, device=generator.device)
+        aa_prev = aa_prev + float(prev_noise_nm) * noise.to(aa_prev.device)
     return aa_prev, cg, aa
 
 
@@ -112,6 +129,82 @@ def step_loss(module: torch.nn.Module, aa_prev: torch.Tensor | None, cg: torch.T
     out = module(aa, cg, aa_prev, generator=generator)
     return total_loss(out.vox_pred, out.vox_target, out.xyz_pred, aa, cg, mapping, out.mu, out.logvar,
                       lam=cfg.lambda_at(step), beta=cfg.beta_at(step), energy_fn=energy_fn, u_max=cfg.u_max)
+
+
+# ----------------------------------------------------------------------------- seed bank
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _MIX[0]
+        z = (z ^ (z >> np.uint64(30))) * _MIX[1]
+        z = (z ^ (z >> np.uint64(27))) * _MIX[2]
+        return z ^ (z >> np.uint64(31))
+
+
+class SeedBank:
+    """A uniform random sample of at most ``size`` training (CG(t), AA(t-1)) pairs, seeded by ``seed``.
+
+    Each pair gets a pseudo-random 64-bit key, a hash of ``seed`` and the
+    float32 bits of its raw (uncentred) CG(t) frame; the bank keeps the
+    ``size`` pairs with the smallest keys (bottom-k sampling: every subset of
+    ``size`` pairs is equally likely).  The key depends on the pair alone, so
+    the bank does not depend on batch boundaries, iteration order or how the
+    pairs are spread over workers: :meth:`merge` of the per-worker banks is
+    the bank of the union, and the same data and seed give the same bank.
+    Stored frames are centred on CG(t)'s centroid (nm), sorted by key.
+    """
+
+    def __init__(self, size: int, seed: int):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"SeedBank size must be a positive int, got {size!r}")
+        self.size, self.seed = int(size), int(seed)
+        self.keys = np.zeros(0, np.uint64)
+        self.cg: torch.Tensor | None = None
+        self.aa_prev: torch.Tensor | None = None
+
+    def keys_of(self, cg: torch.Tensor) -> np.ndarray:
+        """Keys [B] uint64 of raw CG(t) frames cg [B, n, 3] (float32 bits)."""
+        words = cg.detach().to("cpu", torch.float32).contiguous().numpy().reshape(cg.shape[0], -1)
+        words = words.view(np.uint32).astype(np.uint64)
+        h = np.full(words.shape[0], _splitmix64(np.array([self.seed % 2**64], np.uint64) ^ _MIX[2])[0], np.uint64)
+        for j in range(words.shape[1]):
+            h = _splitmix64(h ^ words[:, j])
+        return h
+
+    def add(self, cg: torch.Tensor, aa_prev: torch.Tensor) -> None:
+        """Offer a batch of raw pairs cg [B, n, 3], aa_prev [B, N, 3] nm (not centred)."""
+        keys = self.keys_of(cg)
+        cg_c = mean_centre(cg, reference=cg).detach().cpu()
+        prev_c = mean_centre(aa_prev, reference=cg).detach().cpu()
+        self._keep(keys, cg_c, prev_c)
+
+    def _keep(self, keys: np.ndarray, cg: torch.Tensor, aa_prev: torch.Tensor) -> None:
+        if self.cg is not None:
+            keys = np.concatenate([self.keys, keys])
+            cg, aa_prev = torch.cat([self.cg, cg]), torch.cat([self.aa_prev, aa_prev])
+        order = np.argsort(keys, kind="stable")[:self.size]
+        self.keys, self.cg, self.aa_prev = keys[order], cg[order], aa_prev[order]
+
+    def state(self) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor | None]:
+        return self.keys, self.cg, self.aa_prev
+
+    @classmethod
+    def merge(cls, size: int, seed: int, states) -> "SeedBank":
+        """The bank of the union of the banks whose :meth:`state` are ``states``."""
+        bank = cls(size, seed)
+        for keys, cg, prev in states:
+            if cg is not None and len(keys):
+                bank._keep(keys, cg, prev)
+        return bank
+
+    def tensors(self) -> dict[str, torch.Tensor] | None:
+        """{"cg": [M, n, 3], "aa_prev": [M, N, 3]} nm (float32, centred on CG(t)), or None when empty."""
+        if self.cg is None or len(self.keys) == 0:
+            return None
+        return {"cg": self.cg.contiguous(), "aa_prev": self.aa_prev.contiguous()}
 
 
 # ----------------------------------------------------------------------------- worker loop
@@ -135,7 +228,7 @@ class _Worker(TrainWorker):
     # -- setup ---------------------------------------------------------------
     def _energy_model(self):
         """U(x) for L_ENERGY, only when lambda can become > 0 within the budget."""
-        if not self.c.get("energy", True) or self.cfg.t_lambda0 >= self.c["max_steps"]:
+        if not self.c.get("energy", True) or self.cfg.schedule.t_lambda0 >= self.c["max_steps"]:
             return None
         from finegrain.platform.energies import energy_model
 
@@ -157,9 +250,10 @@ class _Worker(TrainWorker):
         self.gen_dev = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(s + 1)
 
     # -- one batch -------------------------------------------------------------
-    def _triplet(self, batch: dict, rotate: bool):
+    def _triplet(self, batch: dict, rotate: bool, prev_noise_nm: float = 0.0):
         aa_prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
-        aa_prev, cg, aa = prepare_triplet(aa_prev, cg, aa, self.gen if rotate else None)
+        noise = 0.0 if self.cfg.frame_based else prev_noise_nm
+        aa_prev, cg, aa = prepare_triplet(aa_prev, cg, aa, self.gen if rotate else None, prev_noise_nm=noise)
         return (None if self.cfg.frame_based else aa_prev), cg, aa
 
     def _loss(self, module, aa_prev, cg, aa, step: int, generator):
@@ -168,7 +262,7 @@ class _Worker(TrainWorker):
     def _train_step(self, batch: dict) -> dict[str, float]:
         self._maybe_inject_failure()
         self.model.train()
-        aa_prev, cg, aa = self._triplet(batch, rotate=True)
+        aa_prev, cg, aa = self._triplet(batch, rotate=True, prev_noise_nm=self.cfg.prev_noise_nm)
         loss, terms = self._loss(self.model, aa_prev, cg, aa, self.step, self.gen_dev)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,29 +308,32 @@ class _Worker(TrainWorker):
     # -- GMM and seed bank ----------------------------------------------------------
     @torch.no_grad()
     def _posterior_and_bank(self) -> tuple[dict | None, dict | None]:
-        """Rank 0: (GMM arrays fitted to posterior means of all shards, bank of (CG, AA(t-1))); others: (None, None)."""
+        """Rank 0: (GMM arrays fitted to posterior means of all shards, bank of (CG, AA(t-1))); others: (None, None).
+
+        The bank is a :class:`SeedBank` over every pair of every worker's whole
+        training shard (all training trajectories), seeded by the training seed.
+        """
         import ray.train
 
         from finegrain.trainables.cvae.backmapper import GaussianMixtureSampler
 
         self.raw.eval()
         per_rank = -(-int(self.c["gmm_max_samples"]) // self.world)
-        bank_cap = int(self.c["bank_size"])
-        mus, bank_cg, bank_prev, n = [], [], [], 0
+        bank = None if self.cfg.frame_based else SeedBank(int(self.c["bank_size"]), int(self.c["seed"]))
+        mus, n = [], 0
         shard = ray.train.get_dataset_shard("train")
         for batch in shard.iter_torch_batches(batch_size=max(self.cfg.batch_size, 64), dtypes=torch.float32,
                                               device=self.device):
+            if bank is not None:  # every pair of the shard is offered to the bank
+                aa_prev_raw, cg_raw, _ = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
+                bank.add(cg_raw, aa_prev_raw)
             if n < per_rank:  # keep draining the shard: streaming splits are consumed together
-                aa_prev_c, cg_c, _ = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
-                if not self.cfg.frame_based and sum(len(x) for x in bank_cg) < bank_cap:
-                    bank_cg.append(mean_centre(cg_c, reference=cg_c).cpu())
-                    bank_prev.append(mean_centre(aa_prev_c, reference=cg_c).cpu())
                 aa_prev, cg, aa = self._triplet(batch, rotate=True)
                 mu, _ = self.raw.encode(aa, cg, aa_prev)
                 mus.append(mu.double().cpu().numpy())
                 n += mu.shape[0]
         local = (np.concatenate(mus) if mus else np.zeros((0, self.cfg.d_latent)),
-                 torch.cat(bank_cg) if bank_cg else None, torch.cat(bank_prev) if bank_prev else None)
+                 bank.state() if bank is not None else None)
         gathered = [local]
         if self.world > 1:
             gathered = [None] * self.world
@@ -248,13 +345,11 @@ class _Worker(TrainWorker):
         if self.c.get("latent_prior", "gmm") == "gmm" and len(z) > 0:
             fit = GaussianMixtureSampler.fit(z, self.cfg.n_gmm_components, seed=self.c["seed"])
             gmm = {k.split(".", 1)[1]: v for k, v in fit.to_state().items()}
-        bank = None
+        bank_out = None
         if not self.cfg.frame_based:
-            cgs = torch.cat([g[1] for g in gathered if g[1] is not None])
-            prevs = torch.cat([g[2] for g in gathered if g[2] is not None])
-            pick = np.random.default_rng(self.c["seed"]).permutation(len(cgs))[:bank_cap]
-            bank = {"cg": cgs[pick].contiguous(), "aa_prev": prevs[pick].contiguous()}
-        return gmm, bank
+            merged = SeedBank.merge(int(self.c["bank_size"]), int(self.c["seed"]), [g[1] for g in gathered])
+            bank_out = merged.tensors()
+        return gmm, bank_out
 
     # -- reporting ---------------------------------------------------------------------
     def _meta(self, final: bool) -> dict[str, Any]:
