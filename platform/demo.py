@@ -123,7 +123,9 @@ def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
     base = [f"data.shards={made['shards_train']}", "data.fractions=[0.75, 0.25, 0.0]",
             f"training.max_steps={cfg.train_steps}", "training.num_workers=0", "training.log_every=50",
             f"training.eval_every={cfg.train_steps // 2}", f"training.checkpoint_every={cfg.train_steps // 2}",
-            "tracking.experiment=demo-cvae", f"training.work_dir={cfg.workdir / 'runs'}", "model.u_max=1.0e+5"]
+            "tracking.experiment=demo-cvae", f"training.work_dir={cfg.workdir / 'runs'}", "model.u_max=1.0e+5",
+            # lambda = 0 for the first two thirds (atoms localise first, as the paper's 2e5 steps), then a ramp
+            f"model.t_lambda0={2 * cfg.train_steps // 3}", f"model.n_lambda={cfg.train_steps // 6}"]
     path = PACKAGE / "trainables" / "configs" / "adp_cvae_smoke.yaml"
     for label, extra in (("cvae", []), ("cvae_frame_based", ["model.frame_based=true"])):
         res = fit_detailed(TrainConfig.from_yaml(path, base + extra))

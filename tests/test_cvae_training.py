@@ -509,3 +509,13 @@ def test_many_trajectories_advance_together_and_each_follows_its_own_cg(trained_
     moved = bm.backmap_trajectories(two + np.stack([np.zeros(3), shift])[:, None, None], n_samples=2, seed=11)
     np.testing.assert_allclose(moved[0], out[0], atol=1e-5)  # same draws, same CG: unchanged
     np.testing.assert_allclose(moved[1] - out[1], np.broadcast_to(shift, out[1].shape), atol=1e-5)
+
+
+def test_gpu_recipes_are_the_table_1_models_with_gpu_settings():
+    """adp/chignolin_cvae_gpu.yaml: the same model and schedule as the Table-1 configs; only how it runs differs."""
+    for name in ("adp", "chignolin"):
+        cpu = TrainConfig.from_yaml(CONFIGS / f"{name}_cvae.yaml")
+        gpu = TrainConfig.from_yaml(CONFIGS / f"{name}_cvae_gpu.yaml")
+        assert gpu.cvae() == cpu.cvae() and gpu.data == cpu.data
+        assert (gpu.training.use_gpu, gpu.training.precision, gpu.training.compile) == (True, "bf16-mixed", True)
+        assert cpu.training.precision == "32" and not cpu.training.compile

@@ -221,7 +221,7 @@ class _Worker(TrainWorker):
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=self.cfg.learning_rate)
         self.mapping = torch.tensor(config["mapping_matrix"], dtype=torch.float32, device=self.device)
         self.restore(self.raw, self.opt, load_checkpoint_state)
-        self.model = ray.train.torch.prepare_model(self.raw, move_to_device=False)
+        self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
         self.energy_fn = self._energy_model()
         self._reseed()
 
@@ -263,7 +263,8 @@ class _Worker(TrainWorker):
         self._maybe_inject_failure()
         self.model.train()
         aa_prev, cg, aa = self._triplet(batch, rotate=True, prev_noise_nm=self.cfg.prev_noise_nm)
-        loss, terms = self._loss(self.model, aa_prev, cg, aa, self.step, self.gen_dev)
+        with self.autocast():
+            loss, terms = self._loss(self.model, aa_prev, cg, aa, self.step, self.gen_dev)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.clip_at(self.step)
@@ -425,6 +426,7 @@ def loop_config(config: "TrainConfig", manifest, mapping, *, local_mode: bool, s
         "use_gpu": t.use_gpu, "cpus_per_worker": t.cpus_per_worker, "energy": t.energy,
         "energy_backend": t.energy_backend, "energy_compile": t.energy_compile, "latent_prior": t.latent_prior, "gmm_max_samples": t.gmm_max_samples,
         "bank_size": t.bank_size, "shuffle_buffer": config.data.shuffle_buffer,
+        "precision": t.precision, "compile": t.compile,
         "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None,
         "local_mode": local_mode, "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri,
         "progress": t.progress, "inject_failure_at": t.inject_failure_at,
