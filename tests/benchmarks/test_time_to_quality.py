@@ -63,7 +63,10 @@ def test_time_to_quality(data, tmp_path):
     from finegrain.trainables.baseline_fit import fit_baseline
     from finegrain.trainables.protocol import backmapper_from_checkpoint, trainer_for
 
+    import ray
+
     configs = Path(__file__).resolve().parents[2] / "trainables" / "configs"
+    cpus = ray.cluster_resources().get("CPU", 1)  # a recipe asking for more CPUs than the machine has
     man = Manifest.load(data["train"])
     topology = md.load_topology(str(data["train"] / man.topology_pdb))
     mapping = CGMapping.from_dict(man.mapping)
@@ -79,6 +82,7 @@ def test_time_to_quality(data, tmp_path):
             f"data.shards={data['train']}", "data.fractions=[0.875, 0.125, 0.0]", f"training.max_steps={steps}",
             f"training.checkpoint_every={every}", f"training.eval_every={every}", "training.use_gpu=false",
             f"training.work_dir={tmp_path / family}", "training.progress=false", "tracking.enabled=false"])
+        cfg = cfg.with_overrides([f"training.cpus_per_worker={min(float(cpus), cfg.training.cpus_per_worker)}"])
         t0 = time.time()
         result = fit(cfg)
         for ck in sorted(p for p in result.run_dir.glob("checkpoint_*") if p.is_dir() and p.name[11:].isdigit()):
