@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
-           "TrainWorker"]
+           "TrainWorker", "write_checkpoint", "read_checkpoint"]
 
 
 @dataclass
@@ -52,6 +52,45 @@ class TrainingData:
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
+
+
+#: a checkpoint folder's files (tensors-only torch files + JSON metadata)
+CKPT_MODEL, CKPT_OPTIM, CKPT_META = "model.pt", "optimizer.pt", "state.json"
+
+
+def write_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s state, ``optimizer``'s (when given) and ``meta`` (JSON) into ``folder``."""
+    import json
+
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / CKPT_MODEL)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), folder / CKPT_OPTIM)
+    (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def read_checkpoint(folder: str | Path, family: str, config_key: str) -> dict[str, Any]:
+    """{"meta", "model", "optimizer"?} of a ``family`` checkpoint folder whose meta holds ``config_key``
+    (``weights_only`` loads: nothing is unpickled)."""
+    import json
+
+    import torch
+
+    folder = Path(folder)
+    if not (folder / CKPT_META).is_file():
+        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not a {family} checkpoint)")
+    meta = json.loads((folder / CKPT_META).read_text())
+    if config_key not in meta:
+        raise ValueError(f"checkpoint {folder}: not a {family} checkpoint (no {config_key!r} config in {CKPT_META})")
+    out: dict[str, Any] = {"meta": meta}
+    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM)):
+        if (folder / name).is_file():
+            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
+    return out
 
 
 def load_training_data(config) -> TrainingData:

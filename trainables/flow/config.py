@@ -7,10 +7,10 @@ in nats w.r.t. the Lebesgue measure of the fibre in nm (see
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from finegrain.trainables.model_config import ModelConfig, positive_int, positive_number
 
 __all__ = ["FlowConfig", "METHODS", "DIVERGENCES"]
 
@@ -18,16 +18,10 @@ METHODS = ("euler", "rk4", "dopri5")
 DIVERGENCES = ("exact", "hutchinson")
 
 
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _pos_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 @dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(ModelConfig):
     """Hyper-parameters of :class:`~finegrain.trainables.flow.model.ConditionalFlow`.
 
     Prior
@@ -80,10 +74,10 @@ class FlowConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "n_rbf", "time_features", "batch_size", "steps", "n_probes"):
-            if not _pos_int(getattr(self, name)):
+            if not positive_int(getattr(self, name)):
                 raise ValueError(f"FlowConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
         for name in ("prior_width_nm", "rbf_max_nm", "length_scale_nm", "learning_rate", "rtol", "atol"):
-            if not _pos_num(getattr(self, name)):
+            if not positive_number(getattr(self, name)):
                 raise ValueError(f"FlowConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
         if not (isinstance(self.prev_dropout, (int, float)) and 0.0 <= self.prev_dropout <= 1.0):
             raise ValueError(f"FlowConfig.prev_dropout: expected a number in [0, 1], got {self.prev_dropout!r}")
@@ -97,20 +91,6 @@ class FlowConfig:
         for name in ("chiral", "temporal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FlowConfig.{name}: expected true/false, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FlowConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"FlowConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> "FlowConfig":
-        return self.from_dict({**self.to_dict(), **changes})
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "FlowConfig":

@@ -21,7 +21,6 @@ per frame, nats on the fibre measure in nm, on ``val_nll_frames`` frames;
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,7 @@ from finegrain.platform.shards import unflatten_pair_batch
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
+from finegrain.trainables.ray_run import FitResult, TrainWorker, read_checkpoint, worker_seed, write_checkpoint
 
 if TYPE_CHECKING:
     from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -40,32 +39,13 @@ if TYPE_CHECKING:
 __all__ = ["fit", "fit_detailed", "FitResult", "train_loop_per_worker", "loop_config", "save_checkpoint_dir",
            "load_checkpoint_state"]
 
-CKPT_MODEL, CKPT_OPTIM, CKPT_META = "model.pt", "optimizer.pt", "state.json"
-
-
 def save_checkpoint_dir(folder: str | Path, model: torch.nn.Module, optimizer, meta: dict[str, Any]) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / CKPT_MODEL)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), folder / CKPT_OPTIM)
-    (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
-    return folder
+    return write_checkpoint(folder, model, optimizer, meta)
 
 
 def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
     """{"meta", "model", "optimizer"?} of a flow checkpoint folder (weights_only loads)."""
-    folder = Path(folder)
-    if not (folder / CKPT_META).is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not a flow checkpoint)")
-    meta = json.loads((folder / CKPT_META).read_text())
-    if "flow" not in meta:
-        raise ValueError(f"checkpoint {folder}: not a flow checkpoint (no 'flow' config in {CKPT_META})")
-    out: dict[str, Any] = {"meta": meta}
-    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM)):
-        if (folder / name).is_file():
-            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
-    return out
+    return read_checkpoint(folder, "flow", "flow")
 
 
 class _Worker(TrainWorker):

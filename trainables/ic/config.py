@@ -7,24 +7,18 @@ rad, dihedral rad) of the free atoms.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from finegrain.trainables.model_config import ModelConfig, positive_int, positive_number
 
 __all__ = ["ICConfig"]
 
 
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _pos_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 @dataclass(frozen=True)
-class ICConfig:
+class ICConfig(ModelConfig):
     """Hyper-parameters of :class:`~finegrain.trainables.ic.model.ConditionalIC`.
 
     Network (a MADE: masked autoregressive MLP, Germain et al. 2015)
@@ -53,24 +47,13 @@ class ICConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "components", "batch_size"):
-            if not _pos_int(getattr(self, name)):
+            if not positive_int(getattr(self, name)):
                 raise ValueError(f"ICConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
         for name in ("min_scale", "max_concentration", "fixed_tolerance", "learning_rate"):
-            if not _pos_num(getattr(self, name)):
+            if not positive_number(getattr(self, name)):
                 raise ValueError(f"ICConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ValueError(f"ICConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ICConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"ICConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "ICConfig":

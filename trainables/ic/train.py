@@ -13,7 +13,6 @@ the validation split. Checkpoints: ``model.pt``, ``optimizer.pt``,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,29 +24,16 @@ from finegrain.trainables.flow.fit import lr_factor
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
 from finegrain.trainables.ic.zmatrix import ZMatrix, build_zmatrix
-from finegrain.trainables.ray_run import FitResult, TrainWorker
+from finegrain.trainables.ray_run import FitResult, TrainWorker, read_checkpoint, write_checkpoint
 
 if TYPE_CHECKING:
     from finegrain.trainables.ic.train_config import ICTrainConfig
 
 __all__ = ["fit_detailed", "train_loop_per_worker", "loop_config", "load_checkpoint_state", "fitted_statistics"]
 
-CKPT_MODEL, CKPT_OPTIM, CKPT_META = "model.pt", "optimizer.pt", "state.json"
-
-
 def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
     """{"meta", "model", "optimizer"?} of an ic checkpoint folder (weights_only loads)."""
-    folder = Path(folder)
-    if not (folder / CKPT_META).is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not an ic checkpoint)")
-    meta = json.loads((folder / CKPT_META).read_text())
-    if "ic" not in meta:
-        raise ValueError(f"checkpoint {folder}: not an ic checkpoint (no 'ic' config in {CKPT_META})")
-    out: dict[str, Any] = {"meta": meta}
-    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM)):
-        if (folder / name).is_file():
-            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
-    return out
+    return read_checkpoint(folder, "ic", "ic")
 
 
 class _Worker(TrainWorker):
@@ -105,12 +91,9 @@ class _Worker(TrainWorker):
 
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
         def save(folder: Path) -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in self.raw.state_dict().items()}, folder / CKPT_MODEL)
-            torch.save(self.opt.state_dict(), folder / CKPT_OPTIM)
-            meta = {"step": self.step, "epoch": self.epoch, "ic": self.cfg.to_dict(), "zmatrix": self.c["zmatrix"],
-                    "n_atoms": self.n_atoms, "n_beads": self.n_beads, "world_size": self.world, "final": final}
-            (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
+            write_checkpoint(folder, self.raw, self.opt, {
+                "step": self.step, "epoch": self.epoch, "ic": self.cfg.to_dict(), "zmatrix": self.c["zmatrix"],
+                "n_atoms": self.n_atoms, "n_beads": self.n_beads, "world_size": self.world, "final": final})
 
         self.report(metrics, save if checkpoint else None)
 
