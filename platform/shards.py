@@ -280,9 +280,9 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
     one trajectory's shards, so pairs never cross a trajectory and do span
     shard edges. With ``shuffle_seed`` the rows come globally shuffled over
     every trajectory of the split: each row gets a pseudo-random key, a
-    function of (shuffle_seed, trajectory, frame) only, and the data set is
-    sorted by it, so the order is the same on every run (a resumed run sees
-    what the uninterrupted one saw). Without it a trajectory is one block in
+    function of (shuffle_seed, trajectory, frame) only; block k of K holds the
+    rows with keys in [k/K, (k+1)/K) in key order, so the order is the same on
+    every run (a resumed run sees what the uninterrupted one saw). Without it a trajectory is one block in
     time order (``iter_torch_batches(local_shuffle_buffer_size=...)`` then only
     mixes a window of it).
     """
@@ -296,35 +296,67 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
         raise ValueError(f"split {split!r} of {folder} has no trajectory ({man.n_trajectories} in all)")
     n_atoms, n_beads = man.n_atoms, man.n_beads
 
-    items = [{"traj_id": t, "paths": man.shard_paths(folder, [t])} for t in ids]
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _TrajectoryPairs(n_atoms, n_beads, lag, shuffle_seed), batch_size=1, batch_format="pyarrow",
+    if shuffle_seed is None:
+        items = [{"traj_id": t, "paths": man.shard_paths(folder, [t])} for t in ids]
+        return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _TrajectoryPairs(n_atoms, n_beads, lag), batch_size=1, batch_format="pyarrow", zero_copy_batch=True)
+    # K blocks, each a key-ordered random 1/K of every trajectory's pairs (map tasks only: no Ray Data shuffle,
+    # whose memory requests do not fit a Tune trial's placement group)
+    parts = max(1, min(16, len(ids)))
+    trajs = [man.shard_paths(folder, [t]) for t in ids]
+    items = [{"part": k, "parts": parts, "trajs": trajs} for k in range(parts)]
+    return ray.data.from_items(items, override_num_blocks=parts).map_batches(
+        _ShuffledPairs(n_atoms, n_beads, lag, shuffle_seed), batch_size=1, batch_format="pyarrow",
         zero_copy_batch=True)
-    return ds.sort(SHUFFLE_KEY).drop_columns([SHUFFLE_KEY]) if shuffle_seed is not None else ds
 
 
-SHUFFLE_KEY = "shuffle_key"
+
+
+def _pair_rows(paths: list[str], n_atoms: int, n_beads: int, lag: int) -> dict[str, np.ndarray]:
+    table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
+    p = temporal_pairs(_columns(table, n_atoms, n_beads), lag)
+    n = len(p["frame"])
+    return {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"], "traj_id": p["traj_id"]}
 
 
 class _TrajectoryPairs:
-    """Ray Data UDF: one trajectory's shard paths in, its temporal pairs out (no shuffle needed)."""
+    """Ray Data UDF: one trajectory's shard paths in, its temporal pairs out, in time order."""
 
-    def __init__(self, n_atoms: int, n_beads: int, lag: int, shuffle_seed: int | None = None):
-        self.n_atoms, self.n_beads, self.lag, self.shuffle_seed = n_atoms, n_beads, lag, shuffle_seed
+    def __init__(self, n_atoms: int, n_beads: int, lag: int):
+        self.n_atoms, self.n_beads, self.lag = n_atoms, n_beads, lag
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        paths = [p for ps in batch.column("paths").to_pylist() for p in ps]
+        rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag)
+        return {k: rows[k] for k in ("aa_prev", "cg", "aa", "frame")}
+
+
+class _ShuffledPairs:
+    """Ray Data UDF: part k of K in, the pairs of every trajectory whose key falls in [k/K, (k+1)/K) out,
+    ordered by key. A pair's key is a function of (seed, trajectory id, frame) only."""
+
+    def __init__(self, n_atoms: int, n_beads: int, lag: int, seed: int):
+        self.n_atoms, self.n_beads, self.lag, self.seed = n_atoms, n_beads, lag, int(seed)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import zlib
 
-        paths = [p for ps in batch.column("paths").to_pylist() for p in ps]
-        table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
-        p = temporal_pairs(_columns(table, self.n_atoms, self.n_beads), self.lag)
-        n = len(p["frame"])
-        out = {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"]}
-        if self.shuffle_seed is not None and n:  # a key per row from (seed, trajectory, frame) alone
-            traj = zlib.crc32(str(p["traj_id"][0]).encode())
-            keys = np.random.default_rng([int(self.shuffle_seed), traj]).random(int(p["frame"].max()) + 1)
-            out[SHUFFLE_KEY] = keys[p["frame"]]
-        return out
+        k, parts = batch.column("part")[0].as_py(), batch.column("parts")[0].as_py()
+        chunks, keys = [], []
+        for paths in batch.column("trajs")[0].as_py():
+            rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag)
+            if not len(rows["frame"]):
+                continue
+            traj = zlib.crc32(str(rows["traj_id"][0]).encode())
+            key = np.random.default_rng([self.seed, traj]).random(int(rows["frame"].max()) + 1)[rows["frame"]]
+            mine = np.floor(key * parts).astype(int) == k
+            chunks.append({c: rows[c][mine] for c in ("aa_prev", "cg", "aa", "frame")})
+            keys.append(key[mine])
+        if not chunks:
+            return {"aa_prev": np.zeros((0, 3 * self.n_atoms), np.float32), "cg": np.zeros((0, 3 * self.n_beads),
+                    np.float32), "aa": np.zeros((0, 3 * self.n_atoms), np.float32), "frame": np.zeros(0, np.int32)}
+        order = np.argsort(np.concatenate(keys), kind="stable")
+        return {c: np.concatenate([ch[c] for ch in chunks])[order] for c in ("aa_prev", "cg", "aa", "frame")}
 
 
 def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):

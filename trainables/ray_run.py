@@ -312,10 +312,13 @@ class TrainWorker:
 
     def autocast(self):
         """The forward-pass precision context of ``training.precision`` (bfloat16 autocast or a no-op)."""
+        import contextlib
+
         import torch
 
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.c.get("precision") == "bf16-mixed")
+        if self.c.get("precision") != "bf16-mixed":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def compiled(self, model):
         """``model`` through ``torch.compile`` when ``training.compile`` (the step function, not the saved one)."""
