@@ -61,7 +61,7 @@ def build(names: List[str] = typer.Argument(None, help="Recipes to build (defaul
             continue
         for score, a, b, tol, ok in zoo.compare(shipped[name], made):
             console.print(f"{name:16s} {score:26s} shipped {a:10.4g} reproduced {b:10.4g} tolerance {tol:9.3g} "
-                          f"{'ok' if ok else 'DIFFERS'}")
+                          f"{'ok' if ok else 'DIFFERS'}", soft_wrap=True)
             if not ok:
                 failed.append(f"{name}:{score}")
     if failed:
