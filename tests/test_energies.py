@@ -14,7 +14,8 @@ sum of |per-pair/per-term contributions| bounded here by the sum of |group
 energies| + 100 kJ/mol (float32 round-off grows with the magnitude of the
 summed terms, not with the net energy); forces max |dF| <= F32_FORCE_REL *
 max |F| + 0.05 kJ/mol/nm (observed: energies <= ~5e-3 kJ/mol, forces
-<= ~0.06 kJ/mol/nm for chignolin with |F| up to ~7e3).
+<= ~0.06 kJ/mol/nm for chignolin with |F| up to ~7e3, and 0.27 kJ/mol/nm
+(6.3e-6 max |F|) on a noisy chignolin frame with |F| up to 4.3e4).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ unit = pytest.importorskip("openmm.unit")
 
 F32_ENERGY_ABS = 1e-3  # kJ/mol
 F32_ENERGY_REL = 2e-6  # of sum |group energies| + 100
-F32_FORCE_REL = 5e-6  # of max |F|
+F32_FORCE_REL = 1e-5  # of max |F| (float32 eps 1.2e-7 times sums of ~100 pair terms per atom)
 F64_ENERGY_ABS, F64_ENERGY_REL, F64_FORCE_ABS = 1e-4, 1e-6, 1e-3
 
 # torch term(s) -> OpenMM force class
