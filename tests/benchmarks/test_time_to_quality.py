@@ -21,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.benchmark
@@ -72,9 +73,11 @@ def test_time_to_quality(data, tmp_path):
     topology = md.load_topology(str(data["train"] / man.topology_pdb))
     mapping = CGMapping.from_dict(man.mapping)
     print("\nscore value/floor on the held-out replica (1000 frames); elapsed wall-clock since fit() started")
+    baselines = {}
     for family in ("em", "nullspace"):
         _, uri = fit_baseline(family, data["train"], seed=0)
-        _row(family, "-", 0.0, evaluate(uri, data["heldout"], log=False, bootstrap=0).metrics)
+        baselines[family] = evaluate(uri, data["heldout"], log=False, bootstrap=0).metrics
+        _row(family, "-", 0.0, baselines[family])
     for spec in os.environ.get("FINEGRAIN_TTQ_FAMILIES", DEFAULT).split(","):
         family, config, steps, *extra = spec.split(":")
         config_cls, fit = trainer_for(family)
@@ -92,6 +95,9 @@ def test_time_to_quality(data, tmp_path):
             folder = bm.save(tmp_path / f"{family}-{step}")
             metrics = evaluate(str(folder), data["heldout"], log=False, bootstrap=0).metrics
             _row(bm.label, step, ck.stat().st_mtime - t0, metrics)
+            assert np.isfinite(metrics["js_bonds"]) and ck.stat().st_mtime > t0
+        if family == "ic":  # the shipped recipe's family beats the EM baseline's energies by its last checkpoint
+            assert metrics["w1_energy_kj_mol"] < baselines["em"]["w1_energy_kj_mol"]
 
 
 def test_backmapping_speed_against_the_em_baseline(data):
@@ -132,3 +138,4 @@ def test_backmapping_speed_against_the_em_baseline(data):
               f"CLI incl. start and load {cli[name]:.1f} s")
     print(f"speed-up over EM: {seconds['em'] / seconds['zoo:adp-backbone6']:.0f}x in-process, "
           f"{cli['em'] / cli['zoo:adp-backbone6']:.1f}x through the CLI")
+    assert seconds["zoo:adp-backbone6"] < seconds["em"] and cli["zoo:adp-backbone6"] < cli["em"]

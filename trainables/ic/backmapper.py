@@ -17,7 +17,7 @@ from finegrain.platform.mapping import CGMapping
 from finegrain.platform.validation import InputError, check_xyz
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
-from finegrain.trainables.ic.zmatrix import ZMatrix, build_zmatrix
+from finegrain.trainables.ic.zmatrix import ZMatrix, anchor_atoms
 from finegrain.trainables.protocol import Backmapper
 
 __all__ = ["ICBackmapper"]
@@ -32,8 +32,7 @@ class ICBackmapper(Backmapper):
     def __init__(self, topology, mapping: CGMapping, model: ConditionalIC, info: dict | None = None,
                  batch_rows: int = 8192):
         super().__init__(topology, mapping)
-        if model.zm.n_atoms != mapping.n_atoms or not np.array_equal(model.zm.anchors, build_zmatrix(
-                topology, mapping).anchors):
+        if model.zm.n_atoms != mapping.n_atoms or not np.array_equal(model.zm.anchors, anchor_atoms(mapping)):
             raise InputError(f"model: its Z-matrix does not fit mapping '{mapping.name}' on this topology")
         if not bool(model.ready):
             raise InputError("model: its standardisation was never fitted (fit_statistics); not a trained model")
