@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.shards import Manifest, ShardInfo, frames_table, sha256_file
-from finegrain.platform.validation import InputError, check_units_nm, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.datasets.shards import Manifest, ShardInfo, frames_table, sha256_file
+from finegrain.platform.science.validation import InputError, check_units_nm, check_xyz
 
 __all__ = ["TrajectorySource", "sources_from_simulation", "constraints_from_simulation", "ingest", "IngestError",
            "FROM_SOURCES"]

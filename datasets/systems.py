@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from finegrain.platform.mapping import CGMapping, MappingError
-from finegrain.platform.metrics.features import parse_feature_sets
+from finegrain.platform.science.mapping import CGMapping, MappingError
+from finegrain.platform.science.metrics.features import parse_feature_sets
 
 __all__ = ["ReferenceSystem", "SystemError_", "available_systems", "get_system"]
 
@@ -50,7 +50,7 @@ class ReferenceSystem:
     name, description : str
     topology : openmm.app.Topology
     positions_nm : ndarray [n_atoms, 3] float64, starting coordinates (nm).
-    mapping_specs : dict name -> CG spec (see finegrain.platform.mapping).
+    mapping_specs : dict name -> CG spec (see finegrain.platform.science.mapping).
     definition : dict, the YAML-level definition (portable: rebuilds the system
         in another process via ``get_system(definition)``).
     """
@@ -98,7 +98,7 @@ class ReferenceSystem:
     @property
     def feature_sets(self):
         """The evaluation features of the YAML's ``evaluation.features`` (list of
-        :class:`~finegrain.platform.metrics.features.FeatureSet`; empty when none are declared)."""
+        :class:`~finegrain.platform.science.metrics.features.FeatureSet`; empty when none are declared)."""
         return parse_feature_sets((self.definition.get("evaluation") or {}).get("features"),
                                   source=f"system {self.name}: evaluation.features")
 

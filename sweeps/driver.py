@@ -7,7 +7,7 @@ through ``TuneReportCallback``) with a worker group of at least one worker. MLfl
 search space as params) and one nested child run per trial (the trainer's own
 run, tagged ``mlflow.parentRunId``). At the end the best trial's model is
 registered and aliased ``champion`` only if it beats the current champion
-(:mod:`finegrain.platform.registry`); the decision, both figures and Optuna's
+(:mod:`finegrain.platform.services.registry`); the decision, both figures and Optuna's
 plots go on the parent run.
 
 State: ``<storage>/<spec name>/<stamp>/`` is the Tune experiment;
@@ -129,8 +129,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from finegrain.platform import tracking
-    from finegrain.platform.stack import connect_ray, stack_home, tracking_uri
+    from finegrain.platform.services import tracking
+    from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
 
     namespace = leftovers.sweep_namespace(spec.name)
     connect_ray(namespace=namespace)
@@ -280,7 +280,7 @@ def _read_latest(root: Path, spec: SweepSpec) -> dict:
 
 
 def _finish(spec: SweepSpec, grid, client, parent_run_id: str, exp_path: Path, uri: str) -> SweepResult:
-    from finegrain.platform.registry import register_and_promote
+    from finegrain.platform.services.registry import register_and_promote
 
     rows = [res for res in grid if res.metrics and res.metrics.get("model_uri")]
     # trials ASHA stopped (or that failed) have no model; their child runs end as KILLED

@@ -26,7 +26,7 @@ def stack(stack_home):
     """A running LocalStack in a temporary state folder, connected in-process."""
     import ray
 
-    from finegrain.platform.stack import LocalStack, connect_ray
+    from finegrain.platform.services.stack import LocalStack, connect_ray
 
     local = LocalStack(stack_home)
     st = local.up(dashboard_port=28265, mlflow_port=25000)

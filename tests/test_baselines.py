@@ -7,9 +7,9 @@ from scipy.spatial.transform import Rotation
 
 from finegrain.datasets.simulate import SimulationConfig, run_replica
 from finegrain.datasets.systems import get_system
-from finegrain.platform.metrics import clash_fraction, internal_js
-from finegrain.platform.metrics.structure import bonded_terms
-from finegrain.platform.validation import InputError
+from finegrain.platform.science.metrics import clash_fraction, internal_js
+from finegrain.platform.science.metrics.structure import bonded_terms
+from finegrain.platform.science.validation import InputError
 from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
 from finegrain.trainables.protocol import load_backmapper
 

@@ -9,15 +9,15 @@ import textwrap
 
 import pytest
 
-from finegrain.platform.cpu_memory import retain_freed_memory
+from finegrain.platform.services.cpu_memory import retain_freed_memory
 
 # five batched pair-energy evaluations (ADP-sized: B = 1024 frames of 22 atoms), the workload the
 # setting is for; prints (applied, minor page faults of the last five calls)
 _PROBE = textwrap.dedent(
     """
     import resource, sys, torch
-    from finegrain.platform.cpu_memory import retain_freed_memory
-    from finegrain.platform.energies.pairs import pair_energies
+    from finegrain.platform.services.cpu_memory import retain_freed_memory
+    from finegrain.platform.science.energies.pairs import pair_energies
 
     n, g = 22, torch.Generator().manual_seed(0)
     tables = {k: torch.rand(n, n, generator=g) * (1 - torch.eye(n)) for k in ("sig6", "eps4", "qq", "qgb")}

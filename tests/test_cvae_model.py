@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotations
+from finegrain.platform.science.voxels import apply_rotation, mean_centre, random_rotations
 from finegrain.trainables.cvae import (
     CVAE,
     CVAEConfig,

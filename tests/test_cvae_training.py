@@ -22,10 +22,10 @@ import typer
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
-from finegrain.platform.shards import Manifest, read_frames, split_trajectories
+from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
 from finegrain.trainables.cvae import CVAE, CVAEConfig
 from finegrain.trainables.cvae.backmapper import CVAEBackmapper, GaussianMixtureSampler
-from finegrain.platform.voxels import apply_rotation, random_rotations
+from finegrain.platform.science.voxels import apply_rotation, random_rotations
 from finegrain.trainables.cvae.train import (SeedBank, _Worker, fit_detailed, load_checkpoint_state, prepare_triplet,
                                              step_loss)
 from finegrain.trainables.cvae.train_config import ConfigError, TrainConfig
@@ -58,7 +58,7 @@ def held_out_cg(shards: Path, n_frames: int) -> np.ndarray:
 
 
 def cli_app() -> typer.Typer:
-    from finegrain.platform.cli import train_cmds
+    from finegrain.platform.apps.cli import train_cmds
 
     app = typer.Typer()
     train_cmds.register(app)
@@ -156,8 +156,8 @@ def test_triplet_augmentation_and_energy_term_wiring():
     assert torch.allclose(torch.einsum("bi,fic->fbc", m, a2), c2, atol=1e-5)  # same rigid motion for AA and CG
     assert torch.allclose(torch.cdist(a2, p2), torch.cdist(aa, prev), atol=1e-4)  # ... and for AA(t-1)
     assert not torch.allclose(a2, aa - cg.mean(1, keepdim=True), atol=1e-2)  # actually rotated
-    pytest.importorskip("finegrain.platform.energies")
-    from finegrain.platform.energies import energy_model
+    pytest.importorskip("finegrain.platform.science.energies")
+    from finegrain.platform.science.energies import energy_model
     from finegrain.trainables.cvae.losses import energy_loss
 
     efn = energy_model("adp", backend="torch", dtype=torch.float32)
@@ -294,7 +294,7 @@ def _hand_beta(t: int) -> float:  # eq. 6, smoke preset: k = 0.5, tau = 5, R = 1
 def test_two_worker_ray_train_retries_resumes_exactly_and_is_tracked(stack, adp_shards, tmp_path):
     from mlflow import MlflowClient
 
-    from finegrain.platform.tracking import load_backmapper_from_uri
+    from finegrain.platform.services.tracking import load_backmapper_from_uri
 
     name = f"cvae-test-{uuid.uuid4().hex[:8]}"
     common = ["training.num_workers=2", "training.cpus_per_worker=0.5", "training.max_steps=6",
@@ -479,7 +479,7 @@ def test_every_shipped_config_trains_in_smoke_mode(name, stack, request, tmp_pat
         assert res.exit_code == 0, res.output
         lines = dict(line.split(": ", 1) for line in res.output.splitlines() if ": " in line)
         assert lines["model uri"].startswith("runs:/") and len(lines["run id"]) == 32
-        from finegrain.platform.tracking import load_backmapper_from_uri
+        from finegrain.platform.services.tracking import load_backmapper_from_uri
 
         bm = load_backmapper_from_uri(lines["model uri"], uri=stack.mlflow_uri)
     else:  # Table 1 architecture and grid; a batch of 4 keeps CPU time to seconds

@@ -1,4 +1,4 @@
-"""Tests for finegrain.platform.energies against OpenMM itself.
+"""Tests for finegrain.platform.science.energies against OpenMM itself.
 
 Reference numbers come from OpenMM's Reference platform (double precision)
 with every force in its own force group, evaluated per frame; frames are
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-from finegrain.platform.energies import (
+from finegrain.platform.science.energies import (
     TERM_NAMES,
     OpenMMEnergy,
     TorchForceField,
@@ -260,7 +260,7 @@ def test_exception_replaces_normal_pair():
     r = 0.35
     model = TorchForceField.from_system(s, dtype=torch.float64)
     t = model.terms(torch.tensor([[[0.0, 0.0, 0.0], [r, 0.0, 0.0]]], dtype=torch.float64))
-    from finegrain.platform.energies.terms import ONE_4PI_EPS0
+    from finegrain.platform.science.energies.terms import ONE_4PI_EPS0
 
     assert t["coulomb"].item() == pytest.approx(ONE_4PI_EPS0 * 0.25 / r, rel=1e-12)
     assert t["lj"].item() == pytest.approx(4 * 0.5 * ((0.2 / r) ** 12 - (0.2 / r) ** 6), rel=1e-12)
@@ -307,7 +307,7 @@ def test_degenerate_geometries_keep_gradients_finite():
     exp = openmm_reference(system, collinear[None])
     # the angle term at exactly pi matches OpenMM; the torsion is undefined there (both finite)
     np.testing.assert_allclose(t["angle"].detach().numpy(), exp["groups"]["HarmonicAngleForce"], rtol=1e-9)
-    from finegrain.platform.energies.terms import bond_terms
+    from finegrain.platform.science.energies.terms import bond_terms
 
     atom = (torch.zeros(1, 1, dtype=torch.float64),) * 3  # both atoms of the bond at the origin
     e, grads = bond_terms(atom, atom, torch.tensor([0.1], dtype=torch.float64), torch.tensor([1e5], dtype=torch.float64))
@@ -450,7 +450,7 @@ def test_parameters_file_runs_without_openmm(adp, tmp_path):
         import sys
         sys.modules["openmm"] = None  # any "import openmm" now fails
         import numpy as np, torch
-        from finegrain.platform.energies import TorchForceField
+        from finegrain.platform.science.energies import TorchForceField
         m = TorchForceField.from_parameters({str(path)!r}, dtype=torch.float64)
         u = m(torch.from_numpy(np.load({str(tmp_path / "frames.npy")!r})))
         assert not any(k == "openmm" or k.startswith("openmm.") for k, v in sys.modules.items() if v is not None)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from finegrain.platform.metrics import entropy as ent
+from finegrain.platform.science.metrics import entropy as ent
 
 N = 6
 
@@ -115,7 +115,7 @@ def test_argument_errors_name_the_argument():
 # ----------------------------------------------------------------------------- checks (issue 14, item 5)
 def test_nested_mappings_obey_the_chain_rule_not_naive_monotonicity():
     """Exact Gaussian answers: H(X|Y_c) = H(X|Y_f) + H(Y_f|Y_c) + J; H(X|Y) rises as the map gets finer here."""
-    from finegrain.platform.metrics import entropy_checks as ec
+    from finegrain.platform.science.metrics import entropy_checks as ec
 
     k = spring_precision()
     sel_fine = np.zeros((3, N))
@@ -137,7 +137,7 @@ def test_nested_mappings_obey_the_chain_rule_not_naive_monotonicity():
 
 
 def test_nested_flags_on_constructed_numbers():
-    from finegrain.platform.metrics.entropy_checks import nested_flags
+    from finegrain.platform.science.metrics.entropy_checks import nested_flags
 
     h = {"ca": -20.0, "backbone6": -10.0, "heavy": -5.0}
     hw = {"ca": 0.3, "backbone6": 0.4, "heavy": float("nan")}
@@ -162,7 +162,7 @@ def _smooth_plus_noise(n_frames: int, sigma: float, seed: int = 0):
 
 def test_k_doubling_converges_to_the_known_fibre_variance():
     """Var(U | R) = sigma^2 exactly, so S_map = beta^2 sigma^2 / 2; 20 clusters leak the CG part of U."""
-    from finegrain.platform.metrics.entropy_checks import giulini_converged
+    from finegrain.platform.science.metrics.entropy_checks import giulini_converged
 
     sigma, t = 2.5, 300.0
     truth = 0.5 * (sigma / (ent.KB_KJ_MOL_K * t)) ** 2
@@ -180,7 +180,7 @@ def test_k_doubling_converges_to_the_known_fibre_variance():
 
 
 def test_block_bootstrap_ci_covers_the_mean_and_widens_with_autocorrelation():
-    from finegrain.platform.metrics.entropy_checks import block_bootstrap_ci
+    from finegrain.platform.science.metrics.entropy_checks import block_bootstrap_ci
 
     rng = np.random.default_rng(0)
     white = rng.normal(size=2000)
@@ -200,7 +200,7 @@ def _write_shards(folder, xyz, meta_constraints="absent"):
 
     import pyarrow.parquet as pq
 
-    from finegrain.platform.shards import Manifest, ShardInfo, frames_table, sha256_file
+    from finegrain.datasets.shards import Manifest, ShardInfo, frames_table, sha256_file
 
     (folder / "shards").mkdir(parents=True)
     (folder / "sim").mkdir()
@@ -216,9 +216,9 @@ def _write_shards(folder, xyz, meta_constraints="absent"):
 
 
 def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
-    from finegrain.platform.entropy_compare import check_unconstrained, declared_constraints
-    from finegrain.platform.metrics.entropy_checks import fixed_length_xh_bonds
-    from finegrain.platform.validation import InputError
+    from finegrain.platform.apps.entropy_compare import check_unconstrained, declared_constraints
+    from finegrain.platform.science.metrics.entropy_checks import fixed_length_xh_bonds
+    from finegrain.platform.science.validation import InputError
 
     rng = np.random.default_rng(0)
     base = np.array([[0.0, 0, 0], [0.109, 0, 0], [0.0, 0.14, 0], [0.0, 0.14, 0.096]])  # C, H1, O, H2 (nm)
@@ -240,7 +240,7 @@ def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
         assert "\n" not in msg and "--no-constraints" in msg and "1 fs" in msg
         assert ("HBonds" in msg) == (meta == "HBonds")
 
-    from finegrain.platform.shards import Manifest
+    from finegrain.datasets.shards import Manifest
 
     man = Manifest.load(tmp_path / "free")  # declared free by its simulation's metadata
     man.constraints = [[0, 1, 0.109], [2, 3, 0.096]]  # the manifest's record wins over the metadata
@@ -250,9 +250,9 @@ def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
 
 
 def test_heldout_split_never_returns_training_trajectories(tmp_path):
-    from finegrain.platform.entropy_compare import heldout_split
-    from finegrain.platform.shards import Manifest
-    from finegrain.platform.validation import InputError
+    from finegrain.platform.apps.entropy_compare import heldout_split
+    from finegrain.datasets.shards import Manifest
+    from finegrain.platform.science.validation import InputError
 
     def man(n):
         return Manifest("toy", {}, 1, 1, ["C"], ["M"], n, n, {f"t{i}": 1 for i in range(n)}, [])
@@ -286,7 +286,7 @@ def adp_free_shards(stack, tmp_path_factory):
 def test_entropy_compare_refuses_constrained_shards(adp_shards, tmp_path):
     from typer.testing import CliRunner
 
-    from finegrain.platform.cli import app
+    from finegrain.platform.apps.cli import app
 
     args = ["entropy", "compare", "--shards", str(adp_shards), "--mappings", "backbone6,ca", "--budget", "2",
             "--experiment", "test-entropy-refused", "--set", "data.fractions=[0.5, 0.5, 0.0]"]
@@ -302,7 +302,7 @@ def test_entropy_compare_cli_tiny_budget(stack, adp_free_shards, tmp_path):
     import mlflow
     from typer.testing import CliRunner
 
-    from finegrain.platform.cli import app
+    from finegrain.platform.apps.cli import app
 
     adp_shards = adp_free_shards
     args = ["entropy", "compare", "--shards", str(adp_shards), "--mappings", "backbone6,ca", "--budget", "6",

@@ -9,10 +9,10 @@ import mdtraj as md
 import numpy as np
 import pytest
 
-from finegrain.platform.evaluation import evaluate
-from finegrain.platform.leaderboard import composite_score, leaderboard
-from finegrain.platform.shards import Manifest
-from finegrain.platform.validation import InputError
+from finegrain.platform.apps.evaluation import evaluate
+from finegrain.platform.apps.leaderboard import composite_score, leaderboard
+from finegrain.datasets.shards import Manifest
+from finegrain.platform.science.validation import InputError
 from finegrain.datasets.systems import get_system
 from finegrain.trainables.baseline_fit import fit_baseline
 
@@ -129,8 +129,8 @@ def test_composite_is_the_mean_log_ratio_to_the_floor():
 
 def test_shard_reference_can_be_restricted_to_a_split(adp_shards, baselines):
     """A shard reference evaluates only the trajectories of the chosen split (never the training ones)."""
-    from finegrain.platform.evaluation import load_reference
-    from finegrain.platform.shards import split_trajectories
+    from finegrain.platform.apps.evaluation import load_reference
+    from finegrain.datasets.shards import split_trajectories
 
     mapping = baselines["nullspace"][0].mapping
     man = Manifest.load(adp_shards)
@@ -170,9 +170,9 @@ def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_
     """A flow trained with a non-default split seed is tested on the test trajectories it recorded."""
     import hashlib
 
-    from finegrain.platform.evaluation import backmap_trajectories
-    from finegrain.platform.metrics import evaluate_frames
-    from finegrain.platform.shards import read_frames, split_trajectories
+    from finegrain.platform.apps.evaluation import backmap_trajectories
+    from finegrain.platform.science.metrics import evaluate_frames
+    from finegrain.datasets.shards import read_frames, split_trajectories
     from finegrain.trainables.flow.train import fit_detailed
     from finegrain.trainables.flow.train_config import FlowTrainConfig
     from finegrain.trainables.protocol import load_backmapper
@@ -226,6 +226,6 @@ def test_a_model_without_a_recorded_split_is_refused_naming_split(adp_shards, tm
 
 
 def split_trajectories_of(shards, seed):
-    from finegrain.platform.shards import split_trajectories
+    from finegrain.datasets.shards import split_trajectories
 
     return split_trajectories(Manifest.load(shards), (0.5, 0.5, 0.0), seed)["validation"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.metrics.features import FeatureSet, fixed_by_mapping, parse_feature_sets
+from finegrain.platform.science.metrics.features import FeatureSet, fixed_by_mapping, parse_feature_sets
 
 
 def _frames(system, n: int = 8, seed: int = 0) -> np.ndarray:

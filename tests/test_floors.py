@@ -12,8 +12,8 @@ import pytest
 
 from finegrain.datasets.simulate import SimulationConfig, run_replica
 from finegrain.datasets.systems import get_system
-from finegrain.platform.metrics import evaluate_frames
-from finegrain.platform.metrics.floors import block_indices, reference_halves, score_with_floor, take_frames
+from finegrain.platform.science.metrics import evaluate_frames
+from finegrain.platform.science.metrics.floors import block_indices, reference_halves, score_with_floor, take_frames
 
 SCORES = ("js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol")
 

@@ -2,7 +2,7 @@
 
 The Gaussian tests use a harmonic 6-atom "molecule" (springs, translation
 zero mode) under two linear maps with exact answers from
-:mod:`finegrain.platform.metrics.entropy`.  Budget: 400 Adam steps of a
+:mod:`finegrain.platform.science.metrics.entropy`.  Budget: 400 Adam steps of a
 2-layer, width-32 field per mapping (about 10 s each on one CPU core).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from finegrain.platform.metrics import entropy as ent
+from finegrain.platform.science.metrics import entropy as ent
 from finegrain.trainables.flow import (
     ConditionalFlow,
     FibreGeometry,
@@ -283,7 +283,7 @@ def test_default_likelihood_is_adaptive_and_accurate_on_a_stiff_gaussian():
     """Springs x100 (fibre std 6-10 pm against a 0.1 nm prior): exact field, so the ODE error is the only error."""
     from scipy.stats import multivariate_normal
 
-    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.science.mapping import CGMapping
     from finegrain.trainables.flow import FlowBackmapper
 
     k, c = spring_precision() * 100, mappings()["triples"]
@@ -362,7 +362,7 @@ def test_samples_map_back_and_likelihoods_are_finite_and_reproducible(trained):
 
 
 def test_backmapper_round_trip_and_protocol(trained, tmp_path):
-    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.science.mapping import CGMapping
     from finegrain.trainables.flow import FlowBackmapper
     from finegrain.trainables.protocol import load_backmapper
 
@@ -378,7 +378,7 @@ def test_backmapper_round_trip_and_protocol(trained, tmp_path):
     assert np.allclose(np.einsum("bi,kfic->kfbc", d["c"], a), cg, atol=2e-5)
     ll = loaded.log_likelihood(d["x"][:4], cg, divergence="exact", steps=5)
     assert ll.shape == (4,) and np.allclose(ll, bm.log_likelihood(d["x"][:4], cg, divergence="exact", steps=5))
-    from finegrain.platform.validation import InputError
+    from finegrain.platform.science.validation import InputError
 
     with pytest.raises(InputError, match="cg_xyz"):
         bm.backmap_xyz(np.zeros((2, 5, 3)))
@@ -429,9 +429,9 @@ def test_adp_flow_trains_in_process_and_logs_to_mlflow(stack, adp_shards, tmp_pa
     import typer
     from typer.testing import CliRunner
 
-    from finegrain.platform.cli import train_cmds
-    from finegrain.platform.shards import read_frames
-    from finegrain.platform.tracking import load_backmapper_from_uri
+    from finegrain.platform.apps.cli import train_cmds
+    from finegrain.datasets.shards import read_frames
+    from finegrain.platform.services.tracking import load_backmapper_from_uri
 
     app = typer.Typer()
     train_cmds.register(app)

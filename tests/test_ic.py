@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.validation import InputError
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.validation import InputError
 from finegrain.trainables.ic import ConditionalIC, ICConfig, build_zmatrix
 from finegrain.trainables.ic.zmatrix import internal_coordinates, place, random_rotations
 
@@ -153,9 +153,9 @@ def test_adp_ic_trains_on_ray_train_logs_to_mlflow_and_backmaps_onto_the_beads(s
     import typer
     from typer.testing import CliRunner
 
-    from finegrain.platform.cli import train_cmds
-    from finegrain.platform.shards import read_frames
-    from finegrain.platform.tracking import load_backmapper_from_uri
+    from finegrain.platform.apps.cli import train_cmds
+    from finegrain.datasets.shards import read_frames
+    from finegrain.platform.services.tracking import load_backmapper_from_uri
 
     app = typer.Typer()
     train_cmds.register(app)

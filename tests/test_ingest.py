@@ -10,8 +10,8 @@ import pytest
 
 from finegrain.datasets.ingest import IngestError, TrajectorySource, ingest, sources_from_simulation
 from finegrain.datasets.systems import get_system
-from finegrain.platform.mapping import MappingError
-from finegrain.platform.shards import (
+from finegrain.platform.science.mapping import MappingError
+from finegrain.datasets.shards import (
     Manifest,
     iter_pair_batches,
     pair_dataset,
@@ -182,7 +182,7 @@ def test_bad_inputs_are_refused_cleanly(stack, tmp_path, adp_sim, ref_traj):
 def test_unknown_atom_names_in_a_mapping_are_named(tmp_path):
     spec = tmp_path / "m.yaml"
     spec.write_text("beads:\n  - {name: X, atoms: ['ALA2-CQ']}\n")
-    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.science.mapping import CGMapping
 
     with pytest.raises(MappingError, match="unknown atom name 'ALA2-CQ'"):
         CGMapping.from_yaml(spec, get_system("adp").md_topology)

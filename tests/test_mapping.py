@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.mapping import CGMapping, MappingError
+from finegrain.platform.science.mapping import CGMapping, MappingError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import scipy.stats
 
 from finegrain.datasets.simulate import SimulationConfig, run_replica
 from finegrain.datasets.systems import get_system
-from finegrain.platform.metrics import (
+from finegrain.platform.science.metrics import (
     cg_rmsd,
     clash_fraction,
     diversity_rmsd,
@@ -24,7 +24,7 @@ from finegrain.platform.metrics import (
     velocity_metrics,
     wasserstein_1,
 )
-from finegrain.platform.metrics.kinetics import compare_msms, estimate_msm, kinetics_from_features, left_eigenvectors
+from finegrain.platform.science.metrics.kinetics import compare_msms, estimate_msm, kinetics_from_features, left_eigenvectors
 
 #: evaluate_frames settings of the shipped systems (feature sets, lag, states) from the systems YAML
 ADP = get_system("adp").evaluation_kwargs()
@@ -278,7 +278,7 @@ def test_openmm_hbond_constraints_are_the_x_h_bonds(adp_ref):
 
 
 def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
-    from finegrain.platform.metrics.structure import constrained_bond_mae, internal_js
+    from finegrain.platform.science.metrics.structure import constrained_bond_mae, internal_js
 
     frames, top, mapping = adp_ref
     x = frames["aa_xyz_nm"]
@@ -313,7 +313,7 @@ def test_constrained_bonds_never_enter_the_js_and_are_scored_by_mae(adp_ref):
 def test_heavy_bond_js_of_noisy_copy_far_above_the_reference_floor(adp_ref):
     """Reference + 0.005 nm Gaussian noise vs the floor of two halves of the reference."""
     frames, top, _ = adp_ref
-    from finegrain.platform.metrics.structure import BOND_EDGES_NM, internal_js, term_classes
+    from finegrain.platform.science.metrics.structure import BOND_EDGES_NM, internal_js, term_classes
 
     x = frames["aa_xyz_nm"]
     pairs, _ = _adp_constraints()
@@ -337,7 +337,7 @@ def test_heavy_bond_js_of_noisy_copy_far_above_the_reference_floor(adp_ref):
 
 
 def test_bond_score_identity_and_stretched_fraction(adp_ref):
-    from finegrain.platform.metrics.structure import bond_score
+    from finegrain.platform.science.metrics.structure import bond_score
 
     frames, top, _ = adp_ref
     x = frames["aa_xyz_nm"]
@@ -354,7 +354,7 @@ def test_bond_score_identity_and_stretched_fraction(adp_ref):
 
 
 def test_clash_score_counts_residues_in_heavy_contacts(adp_ref):
-    from finegrain.platform.metrics.structure import clash_score
+    from finegrain.platform.science.metrics.structure import clash_score
 
     frames, top, _ = adp_ref
     x = frames["aa_xyz_nm"][:20].copy()
@@ -369,7 +369,7 @@ def test_clash_score_counts_residues_in_heavy_contacts(adp_ref):
 
 
 def test_diversity_score_against_mdtraj_rmsd(adp_ref):
-    from finegrain.platform.metrics.structure import diversity_score
+    from finegrain.platform.science.metrics.structure import diversity_score
 
     frames, top, _ = adp_ref
     x = frames["aa_xyz_nm"][:15]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.refine import K_RESTRAINT, refine
-from finegrain.platform.validation import InputError
+from finegrain.platform.science.refine import K_RESTRAINT, refine
+from finegrain.platform.science.validation import InputError
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def frames(adp_sim):
 
 
 def test_refinement_minimises_the_restrained_energy_as_openmm_measures_it(frames):
-    from finegrain.platform.energies import energy_model
+    from finegrain.platform.science.energies import energy_model
 
     mapping, x0, y = frames
     u = energy_model("adp", backend="openmm")
@@ -58,7 +58,7 @@ def test_refinement_refuses_what_it_cannot_do_naming_the_flag(frames):
 def test_a_refined_model_is_scored_as_its_own_leaderboard_row(adp_shards, tmp_path):
     import json
 
-    from finegrain.platform.evaluation import evaluate
+    from finegrain.platform.apps.evaluation import evaluate
 
     res = evaluate("zoo:adp-backbone6", adp_shards, out=tmp_path, log=False, bootstrap=0, min_frames=50, refine=5)
     tags = json.loads(res.report.read_text())["tags"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from finegrain.trainables.cvae.config import CVAEConfig
-from finegrain.trainables.schedules import beta_schedule, compress_schedule, constant_schedule, lambda_schedule
+from finegrain.trainables.cvae.schedules import beta_schedule, compress_schedule, constant_schedule, lambda_schedule
 
 T0, NL, LI, LF = 200_000, 1_250_000, 1e-6, 1.0
 M, R, K, TAU = 4, 25_000, 0.0025, 10_000.0

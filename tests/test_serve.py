@@ -22,8 +22,8 @@ import requests
 import yaml
 from typer.testing import CliRunner
 
-from finegrain.platform.serving import ServeSettings, build_app, free_port, serve_model, shutdown
-from finegrain.platform.shards import Manifest, read_frames
+from finegrain.platform.apps.serving import ServeSettings, build_app, free_port, serve_model, shutdown
+from finegrain.datasets.shards import Manifest, read_frames
 from finegrain.trainables.baseline_fit import fit_baseline
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,7 @@ def test_concurrent_unseeded_requests_are_batched_and_each_maps_back(server, ver
 
 
 def test_run_jobs_merges_unseeded_requests_into_one_model_call(versions, cg):
-    from finegrain.platform.serving_app import Job, Served, run_jobs
+    from finegrain.platform.apps.serving_app import Job, Served, run_jobs
 
     _, bm = champion(versions)
     calls = []
@@ -140,7 +140,7 @@ def test_run_jobs_merges_unseeded_requests_into_one_model_call(versions, cg):
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (5, 5, 4)])  # 8 beads: distance matrix; 100 beads: k-d tree
 def test_bead_spacing_check_on_a_lattice_of_known_spacing(shape):
-    from finegrain.platform.serving_app import RequestError, check_bead_spacing
+    from finegrain.platform.apps.serving_app import RequestError, check_bead_spacing
 
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(1, -1, 3)
     check_bead_spacing(0.38 * grid, (0.05, 1.0), "cg")  # C-alpha spacing in nm: accepted
@@ -153,7 +153,7 @@ def test_bead_spacing_check_on_a_lattice_of_known_spacing(shape):
 
 def test_run_jobs_advances_equal_length_trajectories_of_a_temporal_model_together(versions, cg):
     """A temporally coherent model is not concatenated along frames: equal-length requests become M chains."""
-    from finegrain.platform.serving_app import Job, Served, run_jobs
+    from finegrain.platform.apps.serving_app import Job, Served, run_jobs
 
     _, bm = champion(versions)
     calls = []
@@ -283,7 +283,7 @@ def test_model_endpoint_matches_the_registry_and_docs_are_served(server, version
 
 
 def test_serve_model_refuses_unknown_models_and_a_second_address(server, tmp_path):
-    from finegrain.platform.validation import InputError
+    from finegrain.platform.science.validation import InputError
 
     with pytest.raises(InputError, match="model: models:/serve-test-adp@nope: not found"):
         serve_model(f"models:/{NAME}@nope", port=free_port())
@@ -297,7 +297,7 @@ def test_serve_model_refuses_unknown_models_and_a_second_address(server, tmp_pat
 
 
 def test_cli_backmap_endpoint_writes_a_file_mdtraj_loads(server, versions, cg, tmp_path):
-    from finegrain.platform.cli import app
+    from finegrain.platform.apps.cli import app
 
     _, bm = champion(versions)
     cg_traj = md.Trajectory(cg.astype(np.float32), bm.mapping.cg_topology())
@@ -326,7 +326,7 @@ def test_settings_and_the_serve_config_yaml():
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "cluster" / "serve_backmap.yaml").read_text()))
     (app_cfg,) = config.applications
-    assert app_cfg.import_path == "finegrain.platform.serving:build_app"
+    assert app_cfg.import_path == "finegrain.platform.apps.serving:build_app"
     assert config.http_options.host == "127.0.0.1"
     settings = ServeSettings.model_validate(app_cfg.args)
     assert settings.reload and settings.model.endswith("@champion")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from finegrain.platform.stack import LocalStack, _session_pids
+from finegrain.platform.services.stack import LocalStack, _session_pids
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,7 +32,7 @@ def test_bare_platform_is_the_stdlib_from_the_repo_root():
     assert r.stdout.strip() == _stdlib_platform()
     # python -m from the repo root (sys.path[0] is the root): the CLI, which imports rich/typer
     # (both import the stdlib platform), still works
-    r = subprocess.run([sys.executable, "-m", "finegrain.platform.cli", "--help"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "finegrain.platform.apps.cli", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "simulate" in r.stdout
 
 

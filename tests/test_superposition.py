@@ -1,4 +1,4 @@
-"""Optimal superposition (finegrain.platform.superposition) against mdtraj and known rotations."""
+"""Optimal superposition (finegrain.platform.science.superposition) against mdtraj and known rotations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from finegrain.platform.superposition import kabsch_rotations, pairwise_superposed_rmsd
+from finegrain.platform.science.superposition import kabsch_rotations, pairwise_superposed_rmsd
 
 
 def _trajectory(xyz: np.ndarray) -> md.Trajectory:
@@ -81,7 +81,7 @@ def test_two_points_align_their_axis_and_one_point_gives_the_identity():
 
 
 def test_framewise_superposed_rmsd_equals_mdtraj_and_the_pairwise_diagonal():
-    from finegrain.platform.superposition import superposed_rmsd
+    from finegrain.platform.science.superposition import superposed_rmsd
 
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(6, 9, 3)), rng.normal(size=(6, 9, 3))

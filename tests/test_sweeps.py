@@ -153,7 +153,7 @@ def test_smoke_sweep_job_logs_parent_children_and_registers_the_best(submitted_s
 
 @pytest.mark.slow
 def test_registry_alias_moves_only_on_improvement(submitted_sweep, stack):
-    from finegrain.platform.registry import register_and_promote
+    from finegrain.platform.services.registry import register_and_promote
 
     client, parent, _ = submitted_sweep
     uris = [f"runs:/{c.info.run_id}/model" for c in _children(client, parent) if c.info.status == "FINISHED"]
@@ -185,7 +185,7 @@ def _plant_leftover(stack, namespace: str, cpus: float) -> None:
     """What a driver killed mid-sweep can leave: an actor of the sweep's namespace, holding ``cpus``, that
     outlives its (dead) job. Detached, so Ray's own end-of-job clean-up leaves it to ``--resume``."""
     code = ("import ray\n"
-            "from finegrain.platform.stack import connect_ray\n"
+            "from finegrain.platform.services.stack import connect_ray\n"
             f"connect_ray(namespace={namespace!r})\n"
             f"@ray.remote(num_cpus={cpus})\n"
             "class LeftoverController:\n"
@@ -306,7 +306,7 @@ def test_stopping_a_submitted_sweep_job_frees_every_cpu(stack, adp_shards, tmp_p
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from finegrain.platform.stack import use_token
+    from finegrain.platform.services.stack import use_token
     from finegrain.sweeps.leftovers import find_leftovers, sweep_namespace
 
     name = "stop-smoke"

@@ -100,7 +100,7 @@ def test_cli_ingest_of_user_files_with_a_yaml_mapping(stack, adp_sim, tmp_path):
                         "--traj", str(tmp_path / "b.dcd"), "--mapping", str(tmp_path / "m.yaml"), "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    from finegrain.platform.shards import Manifest, read_frames
+    from finegrain.datasets.shards import Manifest, read_frames
 
     man = Manifest.load(tmp_path / "out")
     assert man.n_frames == 50 and man.n_trajectories == 2 and man.mapping["bead_names"] == ["P", "Q"]

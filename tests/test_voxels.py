@@ -1,6 +1,6 @@
-"""Tests for finegrain.platform.voxels (paper 001, eqs. 1 and 2, DeepBackmap convention).
+"""Tests for finegrain.platform.science.voxels (paper 001, eqs. 1 and 2, DeepBackmap convention).
 
-Convention under test (module docstring of finegrain.platform.voxels):
+Convention under test (module docstring of finegrain.platform.science.voxels):
 density exp(-|x - mu|^2 / sigma) with sigma in nm^2 (std s = sqrt(sigma / 2)),
 evaluated at the centres g[i] = -w/2 + (i + 1/2) h, h = w / d, of the d cells
 tiling [-w/2, w/2] per axis.
@@ -52,7 +52,7 @@ import numpy as np
 import pytest
 import torch
 
-from finegrain.platform.voxels import (
+from finegrain.platform.science.voxels import (
     apply_rotation,
     collapse,
     grid_points,

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from finegrain.platform import zoo
-from finegrain.platform.validation import InputError
+from finegrain.platform.apps import zoo
+from finegrain.platform.science.validation import InputError
 
 
 def cli():
-    from finegrain.platform.cli import app
+    from finegrain.platform.apps.cli import app
 
     return app
 
@@ -38,8 +38,8 @@ def test_the_zoo_lists_its_models_with_complete_cards():
 
 
 def test_an_unknown_zoo_name_is_refused_listing_the_names():
-    from finegrain.platform.serving import resolve_model
-    from finegrain.platform.tracking import load_backmapper_any
+    from finegrain.platform.apps.serving import resolve_model
+    from finegrain.platform.services.tracking import load_backmapper_any
 
     for call in (lambda: load_backmapper_any("zoo:nope"), lambda: resolve_model("zoo:nope")):
         with pytest.raises(InputError, match="zoo:nope.*adp-backbone6.*adp-ca"):
@@ -52,7 +52,7 @@ def test_shipped_adp_backbone6_on_a_simulation_it_never_saw(adp_sim, tmp_path):
     """`finegrain backmap --model zoo:adp-backbone6` on CG files of the test session's own ADP run (seed 7,
     not the zoo's seeds): beads exact, constrained bonds exact, heavy bonds and energies as OpenMM's."""
     from finegrain.datasets.systems import get_system
-    from finegrain.platform.energies import energy_model
+    from finegrain.platform.science.energies import energy_model
 
     top = md.load_topology(str(adp_sim / "topology.pdb"))
     ref = md.join([md.load(str(p), top=top) for p in sorted(adp_sim.glob("replica_*.dcd"))])

@@ -21,8 +21,8 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     import mdtraj as md
 
     from finegrain.datasets.systems import get_system
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest, read_frames, split_trajectories
+    from finegrain.platform.science.mapping import CGMapping
+    from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
     from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
     from finegrain.trainables.protocol import split_record
 
@@ -41,7 +41,7 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     model.training_split = split_record(fractions, seed, splits, man.digest)  # for ``evaluate --split``
     if not log:
         return model, None
-    from finegrain.platform.tracking import end_run, log_backmapper, start_run
+    from finegrain.platform.services.tracking import end_run, log_backmapper, start_run
 
     params = {"family": family, "shards": str(shards.resolve()), "train_trajectories": ",".join(train_ids),
               "n_train_frames": len(frames["frame"]), "seed": seed}

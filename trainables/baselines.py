@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.superposition import kabsch_rotations
-from finegrain.platform.validation import InputError, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.superposition import kabsch_rotations
+from finegrain.platform.science.validation import InputError, check_xyz
 from finegrain.trainables.protocol import Backmapper
 
 __all__ = [

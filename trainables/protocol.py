@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.validation import InputError, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.validation import InputError, check_xyz
 
 __all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record",
            "backmapper_from_checkpoint"]

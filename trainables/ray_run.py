@@ -103,9 +103,9 @@ def load_training_data(config) -> TrainingData:
     import ray
     import ray.data
 
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest, pair_dataset, split_trajectories
-    from finegrain.platform.stack import connect_ray
+    from finegrain.platform.science.mapping import CGMapping
+    from finegrain.datasets.shards import Manifest, pair_dataset, split_trajectories
+    from finegrain.platform.services.stack import connect_ray
 
     t, d = config.training, config.data
     shards = Path(d.shards).resolve()
@@ -153,8 +153,8 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from finegrain.platform import tracking
-    from finegrain.platform.stack import stack_home, tracking_uri
+    from finegrain.platform.services import tracking
+    from finegrain.platform.services.stack import stack_home, tracking_uri
     from finegrain.trainables.tune_hooks import tune_callbacks
 
     t, man, mapping, splits = config.training, data.manifest, data.mapping, data.splits
@@ -263,7 +263,7 @@ class TrainWorker:
         import ray.train
         import torch
 
-        from finegrain.platform.cpu_memory import retain_freed_memory
+        from finegrain.platform.services.cpu_memory import retain_freed_memory
 
         self.c = config
         ctx = ray.train.get_context()
@@ -278,7 +278,7 @@ class TrainWorker:
         self.step, self.epoch = 0, 0
         self.logger = None
         if self.rank == 0 and config.get("run_id"):
-            from finegrain.platform.tracking import MetricLogger
+            from finegrain.platform.services.tracking import MetricLogger
 
             self.logger = MetricLogger(config["run_id"], config.get("tracking_uri"))
 

@@ -69,7 +69,7 @@ def prepare(folder: str, systems=("adp", "chignolin")) -> None:
     """Write <name>_params.npz (save_parameters) and <name>_ref.npz (reference structure, 4 perturbed
     frames with OpenMM Reference energies/forces; ADP also the backbone6 mapping as JSON) into folder."""
     from finegrain.datasets.systems import get_system
-    from finegrain.platform.energies import TorchForceField, openmm_energies_forces
+    from finegrain.platform.science.energies import TorchForceField, openmm_energies_forces
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _energy_step(model, x):
 
 
 def bench_energies(args, device, rows: list, checks: list, log) -> None:
-    from finegrain.platform.energies import TorchForceField, load_parameters
+    from finegrain.platform.science.energies import TorchForceField, load_parameters
 
     cpu = torch.device("cpu")
     for path in args.params:
@@ -260,7 +260,7 @@ def bench_energies(args, device, rows: list, checks: list, log) -> None:
 # --------------------------------------------------------------------------- cVAE
 def _adp_inputs(args):
     """ADP reference positions [22, 3] nm and the backbone6 CGMapping, from out/adp_ref.npz."""
-    from finegrain.platform.mapping import CGMapping
+    from finegrain.platform.science.mapping import CGMapping
 
     ref_path = Path(args.cvae_ref)
     data = np.load(ref_path)

@@ -35,8 +35,8 @@ from gpu_bench import _import_finegrain, _peak_mib, _reset_mem, _sync  # noqa: E
 def prepare(out: str, shards: str, heldout: str, max_frames: int = 40_000) -> None:
     import mdtraj as md
 
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest, read_frames
+    from finegrain.platform.science.mapping import CGMapping
+    from finegrain.datasets.shards import Manifest, read_frames
     from finegrain.trainables.ic import build_zmatrix
 
     man = Manifest.load(shards)

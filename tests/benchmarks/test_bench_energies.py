@@ -28,8 +28,8 @@ import pytest
 import torch
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.cpu_memory import retain_freed_memory
-from finegrain.platform.energies import OpenMMEnergy, TorchForceField, openmm_energies_forces
+from finegrain.platform.services.cpu_memory import retain_freed_memory
+from finegrain.platform.science.energies import OpenMMEnergy, TorchForceField, openmm_energies_forces
 
 pytestmark = pytest.mark.benchmark
 CASES = [("adp", 1), ("adp", 64), ("adp", 1024), ("chignolin", 64)]

@@ -17,7 +17,7 @@ import pytest
 
 from finegrain.datasets.ingest import TrajectorySource, ingest
 from finegrain.datasets.systems import get_system
-from finegrain.platform.shards import frames_table, iter_pair_batches, pair_dataset, temporal_pairs
+from finegrain.datasets.shards import frames_table, iter_pair_batches, pair_dataset, temporal_pairs
 
 pytestmark = pytest.mark.benchmark
 N_TRAJ, N_FRAMES = 8, 5000

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.superposition import kabsch_rotations, pairwise_superposed_rmsd
+from finegrain.platform.science.superposition import kabsch_rotations, pairwise_superposed_rmsd
 
 pytestmark = pytest.mark.benchmark
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from finegrain.platform.serving import free_port, serve_model, shutdown
-from finegrain.platform.shards import read_frames
+from finegrain.platform.apps.serving import free_port, serve_model, shutdown
+from finegrain.datasets.shards import read_frames
 from finegrain.trainables.baseline_fit import fit_baseline
 
 pytestmark = pytest.mark.benchmark

@@ -11,7 +11,7 @@ Environment:
   simulation time is printed, not counted in the elapsed times).
 
 Each run checkpoints 8 times; a checkpoint's elapsed time is its folder's write time minus the start of
-``fit`` (data set-up included). Scores: the product's evaluation (``finegrain.platform.evaluation``) of
+``fit`` (data set-up included). Scores: the product's evaluation (``finegrain.platform.apps.evaluation``) of
 each checkpoint on the held-out replica (1000 frames, new seed), printed as value / floor.
 """
 
@@ -59,9 +59,9 @@ def _row(label, step, elapsed, metrics):
 def test_time_to_quality(data, tmp_path):
     import mdtraj as md
 
-    from finegrain.platform.evaluation import evaluate
-    from finegrain.platform.mapping import CGMapping
-    from finegrain.platform.shards import Manifest
+    from finegrain.platform.apps.evaluation import evaluate
+    from finegrain.platform.science.mapping import CGMapping
+    from finegrain.datasets.shards import Manifest
     from finegrain.trainables.baseline_fit import fit_baseline
     from finegrain.trainables.protocol import backmapper_from_checkpoint, trainer_for
 
@@ -107,8 +107,8 @@ def test_backmapping_speed_against_the_em_baseline(data):
 
     import mdtraj as md
 
-    from finegrain.platform.shards import read_frames
-    from finegrain.platform.tracking import load_backmapper_any
+    from finegrain.datasets.shards import read_frames
+    from finegrain.platform.services.tracking import load_backmapper_any
     from finegrain.trainables.baseline_fit import fit_baseline
 
     fr = read_frames(data["heldout"])
@@ -129,7 +129,7 @@ def test_backmapping_speed_against_the_em_baseline(data):
     for name in models:
         model = name if name.startswith("zoo:") else em_uri
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "finegrain.platform.cli", "backmap", "--model", model, "--top",
+        subprocess.run([sys.executable, "-m", "finegrain.platform.apps.cli", "backmap", "--model", model, "--top",
                         str(folder / "cg.pdb"), "--traj", str(folder / "cg.dcd"), "--out",
                         str(folder / f"aa-{name.replace(':', '_')}.dcd")], check=True, capture_output=True)
         cli[name] = time.perf_counter() - t

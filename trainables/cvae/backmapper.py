@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.superposition import kabsch_rotations, pairwise_superposed_rmsd
-from finegrain.platform.validation import InputError, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.superposition import kabsch_rotations, pairwise_superposed_rmsd
+from finegrain.platform.science.validation import InputError, check_xyz
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.model import CVAE
 from finegrain.trainables.protocol import Backmapper

@@ -7,7 +7,7 @@ tiny CPU-friendly model for tests and CI.  Units: nm (sigma nm^2), kJ/mol, steps
 Table 1 gives no units for r_grid and sigma; nm is the only reading under
 which a 1.8-wide grid encloses alanine dipeptide, so r_grid is in nm.  Table 1's
 sigma is kept as printed and read as DeepBackmap's code reads it (the
-convention of finegrain.platform.voxels): the denominator of
+convention of finegrain.platform.science.voxels): the denominator of
 ``exp(-|x - r|^2 / sigma)``, in nm^2, on a cell-centred grid of spacing
 r_grid / d, i.e. a Gaussian of standard deviation sqrt(sigma / 2):
 ADP 0.05398 nm^2 -> 0.164 nm (cells 0.15 nm), CLN 0.3076 nm^2 -> 0.392 nm
@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from finegrain.trainables import schedules as _schedules
+from finegrain.trainables.cvae import schedules as _schedules
 
 __all__ = ["CVAEConfig"]
 
@@ -67,7 +67,7 @@ class CVAEConfig:
         schedule_steps: the run length (steps) the lambda/beta breakpoints
         below are written for (Table 1: the paper's step count).  A run with
         max_steps < schedule_steps compresses every breakpoint by
-        max_steps / schedule_steps (:func:`~finegrain.trainables.schedules.compress_schedule`),
+        max_steps / schedule_steps (:func:`~finegrain.trainables.cvae.schedules.compress_schedule`),
         so warm-up, ramp and beta cycles keep the paper's fraction of the run;
         a full-length (or longer) run uses them as written.  None: the
         breakpoints are absolute steps, never rescaled (the smoke preset).

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from finegrain.platform.voxels import collapse, voxelize
+from finegrain.platform.science.voxels import collapse, voxelize
 from finegrain.trainables.cvae.config import CVAEConfig
 
 __all__ = ["CVAE", "CVAEOutput", "ResidualBlock3d", "LayerNorm3d"]

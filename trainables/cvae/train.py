@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from finegrain.platform.shards import unflatten_pair_batch
-from finegrain.platform.voxels import apply_rotation, mean_centre, random_rotations
+from finegrain.datasets.shards import unflatten_pair_batch
+from finegrain.platform.science.voxels import apply_rotation, mean_centre, random_rotations
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
@@ -230,7 +230,7 @@ class _Worker(TrainWorker):
         """U(x) for L_ENERGY, only when lambda can become > 0 within the budget."""
         if not self.c.get("energy", True) or self.cfg.schedule.t_lambda0 >= self.c["max_steps"]:
             return None
-        from finegrain.platform.energies import energy_model
+        from finegrain.platform.science.energies import energy_model
 
         backend = self.c.get("energy_backend", "torch")
         extra = {"compile": True} if backend == "torch" and self.c.get("energy_compile") else {}

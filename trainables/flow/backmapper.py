@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.validation import InputError, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.validation import InputError, check_xyz
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.model import ConditionalFlow
 from finegrain.trainables.protocol import Backmapper

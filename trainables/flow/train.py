@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from finegrain.platform.shards import unflatten_pair_batch
+from finegrain.datasets.shards import unflatten_pair_batch
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
@@ -163,7 +163,7 @@ def fit(config: "FlowTrainConfig"):
 
 def training_assignment(shards: Path, manifest, mapping, train_ids: list[str], max_frames: int = 500) -> np.ndarray:
     """Bead of each atom's prior, from the mapping and (for atoms in no bead) training frames."""
-    from finegrain.platform.shards import read_frames
+    from finegrain.datasets.shards import read_frames
     from finegrain.trainables.flow.geometry import bead_assignment
 
     w = np.abs(np.asarray(mapping.matrix))

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from finegrain.platform.mapping import CGMapping
-from finegrain.platform.validation import InputError, check_xyz
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.validation import InputError, check_xyz
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
 from finegrain.trainables.ic.zmatrix import ZMatrix, anchor_atoms

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from finegrain.platform.shards import unflatten_pair_batch
+from finegrain.datasets.shards import unflatten_pair_batch
 from finegrain.trainables.flow.fit import lr_factor
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
@@ -111,7 +111,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def fitted_statistics(model: ConditionalIC, shards: Path, train_ids: list[str], max_frames: int) -> dict:
     """Fit ``model``'s standardisation on <= ``max_frames`` evenly spaced training frames; return it as lists."""
-    from finegrain.platform.shards import read_frames
+    from finegrain.datasets.shards import read_frames
 
     fr = read_frames(shards, train_ids)
     take = np.unique(np.linspace(0, len(fr["aa_xyz_nm"]) - 1, min(max_frames, len(fr["aa_xyz_nm"]))).astype(int))

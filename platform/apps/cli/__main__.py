@@ -1,0 +1,5 @@
+"""``python -m finegrain.platform.apps.cli``."""
+
+from finegrain.platform.apps.cli import main
+
+main()

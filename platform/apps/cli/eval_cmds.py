@@ -1,0 +1,104 @@
+"""``finegrain evaluate | leaderboard | baseline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command()(leaderboard)
+    app.command()(baseline)
+
+
+def evaluate(
+    model: str = typer.Option(..., help="Model URI (runs:/..., models:/NAME@alias) or a saved model folder."),
+    reference: Path = typer.Option(..., help="Reference: a shard folder, or an AA trajectory (with --top)."),
+    top: Optional[Path] = typer.Option(None, help="AA topology for a trajectory reference."),
+    cg: Optional[Path] = typer.Option(None, help="Separate CG trajectory (generalization test); default: mapped reference."),
+    cg_top: Optional[Path] = typer.Option(None, help="CG topology for --cg."),
+    samples: int = typer.Option(1, help="Samples per CG frame (diversity)."),
+    seed: int = typer.Option(0, help="Random seed for sampling."),
+    out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
+    lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: the system's, e.g. 5 ps ADP, 4 ns "
+                                                      "chignolin)."),
+    min_frames: int = typer.Option(1000, help="Fewest reference frames for free-energy surfaces and MSMs "
+                                              "(fewer are refused)."),
+    bootstrap: int = typer.Option(20, help="Block-bootstrap replicates for the 95 % intervals (0: none)."),
+    floor_reference: Optional[Path] = typer.Option(None, help="An independent reference run (shard folder, or "
+                                                              "trajectory with --top) for the noise floors; "
+                                                              "default: the two halves of --reference."),
+    split: str = typer.Option("all", help="Shard reference: all trajectories, or the model's own train/validation/"
+                                          "test trajectories as recorded when it was trained (fractions, seed, ids)."),
+    refine: int = typer.Option(0, min=0, help="Steps of restrained minimisation with the torch force field after "
+                                              "backmapping; scored as its own leaderboard row (LABEL+refineN)."),
+) -> None:
+    """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
+    from rich.console import Console
+
+    from finegrain.platform.apps.evaluation import evaluate as run
+
+    res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
+              split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference,
+              refine=refine)
+    console = Console()
+    for k in sorted(res.metrics):
+        console.print(f"{k:32s} {res.metrics[k]:.6g}")
+    console.print(f"MLflow run {res.run_id}; report {res.report}")
+
+
+def leaderboard(
+    system: str = typer.Option(..., help="Reference system, e.g. adp."),
+    data: Optional[str] = typer.Option(None, help="Data set hash (default: that of the latest evaluation)."),
+    evaluation: Optional[str] = typer.Option(None, help="in-distribution or generalization (default: both)."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Also log it to MLflow (table, JSON and plot)."),
+) -> None:
+    """Latest evaluation of every model on the same data, ranked by the composite, each score beside its floor."""
+    from rich.console import Console
+
+    from finegrain.platform.apps.leaderboard import leaderboard as board
+    from finegrain.platform.apps.leaderboard import log_leaderboard
+
+    rows = board(system, data_hash=data, evaluation=evaluation)
+    console = Console()
+    console.print(leaderboard_table(rows, system))
+    if log and rows:
+        console.print(f"logged to MLflow run {log_leaderboard(rows, system)}")
+
+
+def leaderboard_table(rows: list[dict], system: str):
+    """A rich Table of leaderboard rows (also used by the demo): one row per metric, one column per model."""
+    from rich.table import Table
+
+    from finegrain.platform.apps.leaderboard import leaderboard_rows
+
+    header, body = leaderboard_rows(rows)
+    title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
+    table = Table(title=title, caption="value [95 % block-bootstrap CI] value/floor (floor: the reference against "
+                                       "itself, two halves); models best first by the "
+                                       "composite: mean log10 of the ratios over CG-RMSD, heavy-bond JS, angle JS, "
+                                       "energy W1 and p99 excess, clash score (+ velocity JS for temporal models); "
+                                       "0 = at the floor")
+    for k, name in enumerate(header):
+        table.add_column(name, justify="left" if k == 0 else "right", no_wrap=k == 0)
+    for line in body:
+        table.add_row(*line)
+    return table
+
+
+def baseline(
+    family: str = typer.Argument(..., help="nullspace (seed 000 fibre sampler) or em (placement + restrained minimisation)."),
+    shards: Path = typer.Option(..., help="Training shard folder."),
+    register_as: Optional[str] = typer.Option(None, help="Also register the model under this name."),
+    seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
+) -> None:
+    """Fit a baseline on a shard folder and log it to MLflow; prints the model URI."""
+    from finegrain.platform.services.stack import tracking_uri
+    from finegrain.trainables.baseline_fit import fit_baseline
+
+    tracking_uri()  # fails clearly when the stack is not running
+    _, uri = fit_baseline(family, shards, seed=seed, registered_model_name=register_as)
+    typer.echo(f"model URI: {uri}")

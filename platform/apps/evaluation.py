@@ -1,0 +1,296 @@
+"""The evaluation job: backmap a CG trajectory with any model, compare with the reference AA.
+
+``evaluate(model, reference, ...)``: the reference is a shard folder (from
+``finegrain ingest``) or an AA trajectory + topology; the CG input defaults
+to the mapped reference (in-distribution test) and may be a separate CG
+trajectory (generalization test, e.g. from a CG force field). Every model
+family goes through the same ``Backmapper.backmap_xyz``; metrics come from
+:func:`finegrain.platform.science.metrics.evaluate_frames`. Results go to one MLflow
+run (experiment ``finegrain-evaluation``) tagged with the model's run id and
+the data set hash, and to ``OUT/report.json`` + ``OUT/*.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from finegrain.platform.science import plots
+from finegrain.platform.science.metrics.floors import N_BOOTSTRAP, score_with_floor
+from finegrain.platform.science.metrics.landscape import MIN_FES_FRAMES
+
+__all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "EVAL_EXPERIMENT"]
+
+EVAL_EXPERIMENT = "finegrain-evaluation"
+#: Scores shown against their floors in the ``score_vs_floor`` plot.
+FLOOR_PLOT_METRICS = ("js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol", "energy_p99_excess_kj_mol",
+                      "kl_fes", "js_velocity")
+#: Leaderboard columns: (metric, better) — lower is better for all of these.
+KEY_METRICS = ("rmsd_cg_nm", "js_bonds", "js_angles", "js_dihedrals", "w1_energy_kj_mol",
+               "energy_p99_excess_kj_mol", "clash_fraction", "kl_fes", "its_ratio_1", "js_velocity",
+               "diversity_rmsd_nm", "frames_per_s")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    run_id: str | None
+    report: Path | None
+    figures: dict = field(default_factory=dict, repr=False)
+
+
+def load_reference(reference: str | Path, mapping, top: str | Path | None = None, split: str = "all",
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   split_record: dict | None = None) -> dict:
+    """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system``, ``data_hash``
+    and ``constraints`` ((pairs [C, 2], r0 [C] nm) of the shard manifest, or None when unknown).
+
+    reference : a shard folder, or an AA trajectory file (then ``top`` is needed; no constraints).
+    split : for a shard folder, "all" its trajectories or one split ("train", "validation", "test").
+        Its trajectory ids come from ``split_record`` (a model's recorded training split, see
+        ``Backmapper.recorded_split``) when given, else from ``shards.split_trajectories(fractions,
+        seed)``; ``data_hash`` is then ``<digest>:<split>-<hash of the ids>``.
+    """
+    import mdtraj as md
+
+    from finegrain.datasets.shards import Manifest, read_frames
+    from finegrain.platform.science.validation import InputError, check_units_nm, check_xyz
+
+    path = Path(reference)
+    if split not in ("all", "train", "validation", "test"):
+        raise InputError(f"split: expected all, train, validation or test, got {split!r}")
+    if path.is_dir():
+        man = Manifest.load(path)
+        if man.mapping["bead_names"] != list(mapping.bead_names):
+            raise InputError(f"reference {path}: mapped with beads {man.mapping['bead_names']}, "
+                             f"the model's mapping '{mapping.name}' has {list(mapping.bead_names)}")
+        ids, data_hash = None, man.digest
+        if split != "all":
+            if split_record is not None:
+                ids = list(split_record[split])
+                missing = sorted(set(ids) - set(man.trajectories))
+                if missing:
+                    raise InputError(f"reference {path}: the model's recorded {split} split names trajectories "
+                                     f"{missing} that this shard folder does not hold (trained on other data?); "
+                                     f"use --split all with a held-out shard folder")
+                how = f"the model's recorded split (seed {split_record.get('seed')})"
+            else:
+                from finegrain.datasets.shards import split_trajectories
+
+                ids = split_trajectories(man, fractions, seed)[split]
+                how = f"fractions {list(fractions)}, seed {seed}"
+            if not ids:
+                raise InputError(f"reference {path}: the {split} split of {man.n_trajectories} trajectories is empty "
+                                 f"({how}); use --split all with a held-out shard folder")
+            data_hash = f"{man.digest}:{split}-{hashlib.sha256(','.join(sorted(ids)).encode()).hexdigest()[:8]}"
+        frames = read_frames(path, ids)
+        frames.update(system=man.system, data_hash=data_hash, constraints=man.constraint_arrays())
+        return frames
+    if split != "all":
+        raise InputError(f"split: {split!r} needs a shard folder reference; {path} is a trajectory file (use --split all)")
+    if top is None:
+        raise InputError(f"reference {path}: an AA trajectory needs --top")
+    try:
+        traj = md.load(str(path), top=str(top))
+    except Exception as exc:
+        raise InputError(f"reference {path}: unreadable with topology {top} ({type(exc).__name__}: {exc})") from exc
+    xyz = check_xyz(traj.xyz, mapping.n_atoms, f"reference {path}")
+    check_units_nm(xyz, np.array([[b[0].index, b[1].index] for b in traj.topology.bonds]), f"reference {path}")
+    digest = hashlib.sha256(xyz.tobytes()).hexdigest()[:16]
+    return {"aa_xyz_nm": xyz, "cg_xyz_nm": mapping.map(xyz.astype(np.float64)).astype(np.float32),
+            "traj_id": np.full(traj.n_frames, path.stem), "frame": np.arange(traj.n_frames),
+            "time_ps": np.asarray(traj.time, np.float64), "energy_kj_mol": np.full(traj.n_frames, np.nan),
+            "system": "custom", "data_hash": digest, "constraints": None}
+
+
+def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_samples: int = 1,
+                         seed: int = 0) -> tuple[np.ndarray, float]:
+    """Backmap each trajectory (frames in order) separately: [K, F, N, 3] nm and seconds spent."""
+    out = np.empty((n_samples, cg_xyz.shape[0], model.mapping.n_atoms, 3), np.float32)
+    t0 = time.perf_counter()
+    for k, tid in enumerate(dict.fromkeys(np.asarray(traj_id).tolist())):
+        rows = np.flatnonzero(np.asarray(traj_id) == tid)
+        out[:, rows] = model.backmap_xyz(cg_xyz[rows], n_samples=n_samples, seed=seed + k)
+    return out, time.perf_counter() - t0
+
+
+def _energy_fn(system: str):
+    """Batched float64 torch energies of a reference system, or None when it is not one."""
+    import torch
+
+    from finegrain.datasets.systems import available_systems
+    from finegrain.platform.science.energies import energy_model
+
+    if system not in available_systems():
+        return None
+    model = energy_model(system, backend="torch", dtype=torch.float64)
+
+    def fn(xyz: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(torch.as_tensor(xyz[i:i + 1024], dtype=torch.float64)).numpy()
+                                   for i in range(0, len(xyz), 1024)])
+
+    return fn
+
+
+def _system_settings(system: str, lag_ps: float | None) -> dict:
+    """``evaluate_frames`` keywords of a shipped system (its YAML's evaluation section); none for others."""
+    from finegrain.datasets.systems import available_systems, get_system
+
+    settings = get_system(system).evaluation_kwargs() if system in available_systems() else {}
+    if lag_ps is not None:
+        settings["lag_ps"] = float(lag_ps)
+    return settings
+
+
+def _model_run_id(model: str) -> str | None:
+    if model.startswith("runs:/"):
+        return model.split("/")[1]
+    if model.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        from finegrain.platform.services.stack import tracking_uri
+
+        client, spec = MlflowClient(tracking_uri()), model[len("models:/"):]
+        name, _, alias = spec.partition("@")
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(*spec.split("/"))
+        return mv.run_id
+    return None
+
+
+def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None, cg: str | Path | None = None,
+             cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
+             experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
+             lag_ps: float | None = None, split: str = "all", min_frames: int = MIN_FES_FRAMES,
+             bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None,
+             refine: int = 0) -> EvalResult:
+    """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
+
+    split : "all" trajectories of a shard reference, or the model's own "train", "validation" or
+    "test" trajectories as recorded when it was trained (InputError naming ``--split`` when the
+    model has no record). The manifest's constraint record keeps constrained bonds out of the
+    bond JS (scored as ``mae_constrained_bond_nm``).
+    min_frames : fewest reference frames for free-energy surfaces and MSMs (ValueError naming
+    ``--min-frames`` below it, when the system declares evaluation features).
+    bootstrap : block-bootstrap replicates for the 95 % intervals (0: none).
+    floor_reference : an independent reference run (shard folder or trajectory) for the noise
+    floors; default: the two halves of ``reference``
+    (:mod:`finegrain.platform.science.metrics.floors`).
+    refine : steps of restrained minimisation (:mod:`finegrain.platform.science.refine`) after backmapping;
+    the result is its own leaderboard row (``LABEL+refineN``), timed with the backmapping.
+    """
+    import mdtraj as md
+
+    from finegrain.platform.science.metrics import evaluate_frames
+    from finegrain.platform.services.tracking import load_backmapper_any
+    from finegrain.platform.science.validation import InputError
+
+    if samples < 1:
+        raise ValueError(f"samples: must be >= 1, got {samples}")
+    bm = load_backmapper_any(model)
+    record = None
+    if split != "all":
+        record = bm.recorded_split()
+        if record is None:
+            raise InputError(f"--split {split}: model {model} has no recorded training split (saved before splits "
+                             f"were recorded?); retrain it, or use --split all with a held-out shard folder")
+    ref = load_reference(reference, bm.mapping, top, split=split, split_record=record)
+    system = system or ref["system"]
+    if cg is None:
+        cg_xyz, cg_tid, kind = ref["cg_xyz_nm"], ref["traj_id"], "in-distribution"
+        cg_hash = ref["data_hash"]
+    else:
+        if cg_top is None:
+            raise ValueError("cg: a CG trajectory needs --cg-top")
+        cg_traj = md.load(str(cg), top=str(cg_top))
+        names = None if bm.mapping.matches_bead_names(cg_traj.topology) else [a.name for a in cg_traj.topology.atoms]
+        cg_xyz = bm.check_cg(cg_traj.xyz, f"cg {cg}", bead_names=names)
+        cg_tid, kind = np.full(cg_traj.n_frames, Path(cg).stem), "generalization"
+        cg_hash = hashlib.sha256(cg_xyz.tobytes()).hexdigest()[:16]
+    samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
+    label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
+    if refine:
+        from finegrain.platform.science.refine import refine as refine_frames, refined_label
+
+        t0 = time.perf_counter()
+        samples_xyz = refine_frames(samples_xyz, np.asarray(cg_xyz, np.float64), bm.mapping, system, refine)
+        seconds += time.perf_counter() - t0
+        label = refined_label(label, refine)
+    backmapped = {"aa_xyz_nm": samples_xyz[0], "cg_xyz_nm": cg_xyz, "traj_id": cg_tid,
+                  "samples": samples_xyz if samples > 1 else None}
+    if cg is not None:
+        backmapped["time_ps"] = np.asarray(cg_traj.time, np.float64)
+    backmapped = {k: v for k, v in backmapped.items() if v is not None}
+    settings = _system_settings(system, lag_ps)
+    energy_fn = _energy_fn(system)
+    for d in (ref, backmapped):  # once here, so bootstrap replicates resample energies instead of recomputing
+        if energy_fn is not None and np.all(np.isnan(np.asarray(d.get("energy_kj_mol", np.nan), np.float64))):
+            d["energy_kj_mol"] = energy_fn(np.asarray(d["aa_xyz_nm"], np.float64))
+    try:
+        metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, seed=seed, min_frames=min_frames,
+                                           constraints=ref.get("constraints"), **settings)
+    except ValueError as exc:
+        if "min_frames" in str(exc):
+            raise InputError(f"reference {reference}: {exc}".replace("min_frames / --min-frames", "--min-frames"))
+        raise
+
+    def score(r: dict, b: dict) -> dict[str, float]:
+        return evaluate_frames(r, b, bm.topology, bm.mapping, seed=seed, make_figures=False,
+                               constraints=ref.get("constraints"), **settings)[0]
+
+    second = None if floor_reference is None else load_reference(floor_reference, bm.mapping, top)
+    metrics = score_with_floor(score, ref, backmapped, second_reference=second, n_boot=bootstrap, seed=seed,
+                               estimate=metrics)
+    metrics["frames_per_s"] = samples_xyz.shape[0] * samples_xyz.shape[1] / max(seconds, 1e-9)
+    figures["score_vs_floor"] = plots.plot_scores_vs_floors(metrics, FLOOR_PLOT_METRICS)
+    tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
+            "temporal": str(not bm.frames_independent).lower(), "floor": "independent run" if second else "halves",
+            "model_label": label, "refine_steps": str(int(refine)), "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
+            "cg_hash": cg_hash, "evaluation": kind, "split": split}
+    report = _write_report(out, metrics, tags, figures) if out is not None else None
+    run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None
+    return EvalResult(metrics=metrics, run_id=run_id, report=report, figures=figures)
+
+
+def _write_report(out, metrics, tags, figures) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+    path = out / "report.json"
+    path.write_text(json.dumps({"tags": tags, "metrics": metrics, "figures": sorted(figures)}, indent=1))
+    return path
+
+
+def _log(experiment, metrics, tags, figures, report, samples) -> str:
+    """One MLflow run of the evaluation (through a client on the stack's URI: no process-wide state)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from finegrain.platform.services.stack import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    name = f"eval-{tags['model_label']}-{tags['system']}-{tags['evaluation']}"
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        client.log_batch(run_id, params=[Param("samples", str(samples)), Param("evaluation", tags["evaluation"])])
+        for start in range(0, len(batch), 1000):  # MLflow's limit per batch
+            client.log_batch(run_id, metrics=batch[start:start + 1000])
+        for fname, fig in figures.items():
+            client.log_figure(run_id, fig, f"plots/{fname}.png")
+        if report is not None:
+            client.log_artifact(run_id, str(report))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id

@@ -1,5 +1,0 @@
-"""``python -m finegrain.platform.cli``."""
-
-from finegrain.platform.cli import main
-
-main()
