@@ -5,17 +5,41 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.finegrain-installed
 PYTHON ?= python3
 
-.PHONY: install demo test bench pretrained clean-stack
+# Tested versions of every dependency but torch (and its CUDA wheels), from pip-tools'
+# pip-compile; `make install` uses it as a constraints file, `make lock` regenerates it.
+LOCK      := requirements.lock
+LOCKTOOLS ?= $(VENV)/lock-tools
+LOCK_ARGS ?=
+ifdef UPGRADE
+LOCK_ARGS += --upgrade
+endif
 
-$(STAMP): pyproject.toml
+.PHONY: install lock demo test bench pretrained clean-stack
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# No NVIDIA GPU: pin the CPU build of torch before anything can pull CUDA wheels.
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch==2.13.0"; fi
-	$(PY) -m pip install -q -e '.[test]'
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -c $(LOCK) "torch==2.13.0"; fi
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate $(LOCK) from pyproject.toml (dependencies + the test extra) for this Python.
+# Pins already in $(LOCK) are kept where pyproject still admits them; `make lock UPGRADE=1`
+# moves everything to the newest allowed release (then run `make test`). torch is resolved
+# as the CPU build the install pins but left out (--unsafe-package), and any nvidia-*/triton
+# pins are dropped, so a GPU machine still picks its own torch build.
+lock:
+	test -x $(LOCKTOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKTOOLS) && \
+	  $(LOCKTOOLS)/bin/pip install -q --upgrade pip "pip-tools==7.7.0"; }
+	echo "torch==2.13.0" > $(LOCKTOOLS)/torch-cpu.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCKTOOLS)/bin/pip-compile --quiet --extra test \
+	  --strip-extras --unsafe-package torch --constraint $(LOCKTOOLS)/torch-cpu.txt \
+	  --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
+	awk '/^(nvidia-|triton[=[])/ {skip = 1; next} skip && /^    #/ {next} {skip = 0; print}' \
+	  $(LOCK) > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 
 demo: install
 	$(VENV)/bin/finegrain demo

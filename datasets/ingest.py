@@ -15,18 +15,17 @@ trajectories have none unless given (``ingest(constraints=...)``).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from finegrain.datasets.folders import atomic_folder
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.datasets.shards import Manifest, ShardInfo, frames_table, sha256_file
-from finegrain.platform.science.validation import InputError, check_units_nm, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_units_nm, check_xyz
 
 __all__ = ["TrajectorySource", "sources_from_simulation", "constraints_from_simulation", "ingest", "IngestError",
            "FROM_SOURCES"]
@@ -256,9 +255,8 @@ def ingest(
         _check_source(src, top, top.n_atoms)
     constraint_rows = _constraint_rows(constraints, sources, top.n_atoms)
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    (tmp / "shards").mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
+        (tmp / "shards").mkdir()
         md.load_frame(sources[0].path, 0, top=top).save_pdb(str(tmp / "topology.pdb"))
         writer = _ShardWriter(str(tmp / "topology.pdb"), mapping.to_dict(), system, str(tmp), chunk_frames)
         items = [{"traj_id": s.traj_id, "path": s.path, "observables": s.observables or ""} for s in sources]
@@ -290,10 +288,4 @@ def ingest(
             constraints=constraint_rows,
         )
         manifest.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -16,16 +16,14 @@ Units: nm, ps, kJ/mol, K.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from finegrain.datasets.folders import atomic_folder
 from finegrain.datasets.systems import get_system
 
 __all__ = ["SimulationConfig", "run_replica", "simulate", "choose_platform", "replica_seed", "constraint_record"]
@@ -198,9 +196,7 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite to replace it)")
     ref = get_system(cfg.system)  # fail fast on a bad system, before any task starts
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         md.Trajectory(ref.positions_nm[None].astype(np.float32), ref.md_topology).save_pdb(str(tmp / "topology.pdb"))
 
         @ray.remote(num_cpus=1)
@@ -229,10 +225,4 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
             "versions": {"openmm": openmm.__version__, "mdtraj": md.__version__, "ray": ray.__version__},
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

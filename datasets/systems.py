@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from finegrain.platform.science.errors import FinegrainError
 from finegrain.platform.science.mapping import CGMapping, MappingError
 from finegrain.platform.science.metrics.features import parse_feature_sets
 
-__all__ = ["ReferenceSystem", "SystemError_", "available_systems", "get_system"]
+__all__ = ["ReferenceSystem", "UnknownSystemError", "available_systems", "get_system"]
 
 _THREE = {
     "A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY",
@@ -37,7 +38,7 @@ _THREE = {
 }
 
 
-class SystemError_(ValueError):
+class UnknownSystemError(FinegrainError, ValueError):
     """A system name or definition that cannot be built."""
 
 
@@ -84,7 +85,7 @@ class ReferenceSystem:
 
         cons = {None: None, "None": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds, "HAngles": app.HAngles}
         if constraints not in cons:
-            raise SystemError_(f"constraints: expected one of {sorted(map(str, cons))}, got {constraints!r}")
+            raise UnknownSystemError(f"constraints: expected one of {sorted(map(str, cons))}, got {constraints!r}")
         if self._prmtop is not None:
             solvent = self.definition.get("implicit_solvent")
             return self._prmtop.createSystem(
@@ -151,14 +152,14 @@ def get_system(name_or_definition: str | Path | dict) -> ReferenceSystem:
             try:
                 definition = yaml.safe_load(path.read_text())
             except (OSError, yaml.YAMLError) as exc:
-                raise SystemError_(f"system file {path}: cannot read ({exc})") from exc
+                raise UnknownSystemError(f"system file {path}: cannot read ({exc})") from exc
             if not isinstance(definition, dict):
-                raise SystemError_(f"system file {path}: expected a mapping at the top level")
+                raise UnknownSystemError(f"system file {path}: expected a mapping at the top level")
             definition.setdefault("name", path.stem)
             base = path.resolve().parent
             definition["_base"] = str(base)
         else:
-            raise SystemError_(f"system: unknown system {key!r} (built-in: {', '.join(builtins)}; or a YAML file)")
+            raise UnknownSystemError(f"system: unknown system {key!r} (built-in: {', '.join(builtins)}; or a YAML file)")
     topology, positions, prmtop = _build(definition, base)
     return ReferenceSystem(
         name=str(definition["name"]),
@@ -179,25 +180,25 @@ def _build(defn: dict, base: Path):
     if "files" in defn:
         spec = importlib.util.find_spec(defn["files"]["package"])
         if spec is None or not spec.submodule_search_locations:
-            raise SystemError_(f"system '{name}': package {defn['files']['package']!r} is not installed")
+            raise UnknownSystemError(f"system '{name}': package {defn['files']['package']!r} is not installed")
         pdb = app.PDBFile(str(Path(spec.submodule_search_locations[0]) / defn["files"]["pdb"]))
         return pdb.topology, _nm(pdb.positions), None
     if "sequence" in defn:
         top, pos = _grow_peptide(defn["sequence"], defn["forcefield"])
         return top, pos, None
     if "topology" not in defn:
-        raise SystemError_(f"system '{name}': needs one of 'topology', 'sequence' or 'files'")
+        raise UnknownSystemError(f"system '{name}': needs one of 'topology', 'sequence' or 'files'")
     path = (base / defn["topology"]).resolve()
     if not path.is_file():
-        raise SystemError_(f"system '{name}': topology file {path} not found")
+        raise UnknownSystemError(f"system '{name}': topology file {path} not found")
     if path.suffix in (".prmtop", ".parm7"):
         if "coordinates" not in defn:
-            raise SystemError_(f"system '{name}': a prmtop topology needs 'coordinates' (.inpcrd/.rst7)")
+            raise UnknownSystemError(f"system '{name}': a prmtop topology needs 'coordinates' (.inpcrd/.rst7)")
         prmtop = app.AmberPrmtopFile(str(path))
         crd = app.AmberInpcrdFile(str((base / defn["coordinates"]).resolve()))
         return prmtop.topology, _nm(crd.positions), prmtop
     if "forcefield" not in defn:
-        raise SystemError_(f"system '{name}': a PDB topology needs 'forcefield' (list of OpenMM XML files)")
+        raise UnknownSystemError(f"system '{name}': a PDB topology needs 'forcefield' (list of OpenMM XML files)")
     pdb = app.PDBFile(str(path))
     return pdb.topology, np.asarray(pdb.positions.value_in_unit(u.nanometer), dtype=np.float64), None
 
@@ -222,9 +223,9 @@ def _grow_peptide(sequence: str, forcefield: list[str]):
     try:
         res = [_THREE[c] for c in sequence.upper()]
     except KeyError as exc:
-        raise SystemError_(f"sequence: unknown residue letter {exc.args[0]!r} in {sequence!r}") from None
+        raise UnknownSystemError(f"sequence: unknown residue letter {exc.args[0]!r} in {sequence!r}") from None
     if len(res) < 2:
-        raise SystemError_(f"sequence: need at least 2 residues, got {sequence!r}")
+        raise UnknownSystemError(f"sequence: need at least 2 residues, got {sequence!r}")
     lines = []
     for i in range(0, len(res), 13):
         lines.append(f"SEQRES {i // 13 + 1:3d} A {len(res):4d}  " + " ".join(res[i:i + 13]))

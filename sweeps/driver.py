@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finegrain.platform.science.errors import FinegrainError
 from finegrain.sweeps import leftovers
-from finegrain.sweeps.spec import DATA_CPUS, SweepSpec, SweepSpecError, to_override
+from finegrain.sweeps.spec import DATA_CPUS, SweepSpec, SweepSpecError
 
 __all__ = ["run_sweep", "SweepResult", "SweepInterrupted", "optuna_study"]
 
@@ -52,8 +53,11 @@ STOPPED_TRIAL_GRACE_S = 5
 RELEASE_TIMEOUT_S = 60.0
 
 
-class SweepInterrupted(RuntimeError):
+class SweepInterrupted(FinegrainError, RuntimeError):
     """The sweep stopped before every trial ended (Ctrl-C, ``ray job stop``); ``--resume`` continues it."""
+
+    exit_code = 130  # the CLI prints "interrupted: ..." and exits like a Ctrl-C'd command
+    label = "interrupted"
 
 
 @dataclass
@@ -69,23 +73,22 @@ class SweepResult:
 def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One Tune trial: train with the sampled ``params``; the last report carries the model URI."""
     import ray.tune
-    from mlflow import MlflowClient
     from ray.train import ControllerError
 
+    from finegrain.platform.services.tracking import Tracker
     from finegrain.trainables.protocol import trainer_for
 
-    os.environ["MLFLOW_TRACKING_URI"] = ctx["tracking_uri"]
+    os.environ["MLFLOW_TRACKING_URI"] = ctx["tracking_uri"]  # a trial is a process boundary: its training reads it
     spec = SweepSpec.from_dict(ctx["spec"], source=ctx["source"])
     trial_id = ray.tune.get_context().get_trial_id()
     run_name = f"{spec.name}-{trial_id}"
-    client = MlflowClient(ctx["tracking_uri"])
+    client = Tracker(ctx["tracking_uri"]).client  # this trial's tracker
     run_id = _finished_child(client, ctx["experiment_id"], ctx["parent_run_id"], run_name)
     if run_id is None:  # a first attempt, or one an interruption cut short: train
-        extra = [f"tracking.parent_run_id={ctx['parent_run_id']}",
-                 to_override("tracking.experiment", spec.experiment_name), to_override("tracking.run_name", run_name),
-                 "tracking.register_as=null", "tracking.enabled=true",
-                 to_override("training.work_dir", str(Path(ctx["work_dir"]) / trial_id)), "training.progress=false"]
-        config = spec.trial_config(params).with_overrides(extra)
+        config = spec.trial_config(params, extra={
+            "tracking.parent_run_id": ctx["parent_run_id"], "tracking.experiment": spec.experiment_name,
+            "tracking.run_name": run_name, "tracking.register_as": None, "tracking.enabled": True,
+            "training.work_dir": str(Path(ctx["work_dir"]) / trial_id), "training.progress": False})
         _, fit = trainer_for(spec.family)
         # the trial's own placement group holds DATA_CPUS; the worker group needs the rest
         leftovers.wait_for_cpus(spec.resources.trial_cpus(), spec.resources.wait_s,
@@ -124,13 +127,12 @@ def _finished_child(client, experiment_id: str, parent_run_id: str, run_name: st
 def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepResult:
     """Run (or with ``resume`` continue) a sweep on the connected Ray cluster; see the module docstring."""
     import ray
-    from mlflow import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from finegrain.platform.services import tracking
     from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
+    from finegrain.platform.services.tracking import Tracker
 
     namespace = leftovers.sweep_namespace(spec.name)
     connect_ray(namespace=namespace)
@@ -143,7 +145,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
     # kill it (and so its Train controller and workers) after a few seconds, not Tune's default 600
     os.environ["TUNE_FORCE_TRIAL_CLEANUP_S"] = str(STOPPED_TRIAL_GRACE_S)
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    tracker = Tracker(uri)  # the sweep driver's one tracker
+    client = tracker.client
     root = Path(spec.storage or stack_home() / "sweeps").resolve() / spec.name
     if resume:
         latest = _read_latest(root, spec)
@@ -159,9 +162,9 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
         params = {**spec.space_params(), "family": spec.family, "metric": spec.metric, "mode": spec.mode,
                   "num_samples": spec.num_samples, "seed": spec.seed, **{f"asha.{k}": v for k, v in
                                                                          spec.asha.model_dump().items()}}
-        parent_run_id = tracking.start_run(spec.experiment_name, params, {"sweep": spec.name, "family": spec.family,
-                                                                            "sweep.path": str(exp_path)},
-                                           run_name=f"sweep-{spec.name}", uri=uri)
+        parent_run_id = tracker.start_run(spec.experiment_name, params, {"sweep": spec.name, "family": spec.family,
+                                                                           "sweep.path": str(exp_path)},
+                                          run_name=f"sweep-{spec.name}")
         client.log_text(parent_run_id, spec.to_yaml(), "sweep_spec.yaml")
         root.mkdir(parents=True, exist_ok=True)
         (root / LATEST).write_text(json.dumps({"path": str(exp_path), "parent_run_id": parent_run_id}))
@@ -195,7 +198,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
         if grid.num_terminated + grid.num_errors < spec.num_samples:  # Ctrl-C: Tune saved its state and returned
             raise SweepInterrupted(f"sweep {spec.name} interrupted after {grid.num_terminated} of "
                                    f"{spec.num_samples} trials; continue it with --resume")
-        return _finish(spec, grid, client, parent_run_id, exp_path, uri)
+        return _finish(spec, grid, tracker, parent_run_id, exp_path)
     except BaseException:
         client.set_terminated(parent_run_id, status="KILLED")
         _release(spec, namespace, job_id)
@@ -279,7 +282,8 @@ def _read_latest(root: Path, spec: SweepSpec) -> dict:
     return json.loads(path.read_text())
 
 
-def _finish(spec: SweepSpec, grid, client, parent_run_id: str, exp_path: Path, uri: str) -> SweepResult:
+def _finish(spec: SweepSpec, grid, tracker, parent_run_id: str, exp_path: Path) -> SweepResult:
+    client = tracker.client
     from finegrain.platform.services.registry import register_and_promote
 
     rows = [res for res in grid if res.metrics and res.metrics.get("model_uri")]
@@ -301,8 +305,7 @@ def _finish(spec: SweepSpec, grid, client, parent_run_id: str, exp_path: Path, u
         if spec.register_as:
             data_hash = client.get_run(best["run_id"]).data.tags.get("dataset_digest", "")
             p = register_and_promote(spec.register_as, best["model_uri"], spec.metric, spec.mode, best[spec.metric],
-                                     tags={"sweep": spec.name, "data_hash": data_hash, "run_id": best["run_id"]},
-                                     uri=uri)
+                                     tracker, tags={"sweep": spec.name, "data_hash": data_hash, "run_id": best["run_id"]})
             promotion = p.as_dict()
             client.set_tag(parent_run_id, "registry.decision", p.alias if p.comparable else f"{p.alias} (champion "
                            f"measured on other data: not compared)")

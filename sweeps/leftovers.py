@@ -120,23 +120,15 @@ def kill_actor(actor_id: str, timeout_s: float = 10.0) -> None:
     """Kill an actor by its hex id, without restarts, through the GCS (as ``ray.kill`` does for a handle).
 
     Ray's public API kills only actors this process holds a handle to or that have a name; a Train
-    controller or a Tune trial of another (dead) driver has neither. The channel carries the
-    cluster's auth token like every Ray client channel.
+    controller or a Tune trial of another (dead) driver has neither, so this goes through
+    :func:`~finegrain.platform.services.ray_compat.kill_actor_via_gcs` (the one private Ray call
+    finegrain's sweeps make). The channel carries the cluster's auth token like every Ray client channel.
     """
     import ray
 
-    try:  # the one private Ray API finegrain's sweeps use; confined to this function
-        from ray._private.gcs_utils import create_gcs_channel
-        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    except ImportError as exc:
-        raise RuntimeError(f"actor {actor_id}: Ray {ray.__version__} moved its GCS kill call; stop the actor with "
-                           f"`finegrain stack down` (or `ray stop`)") from exc
+    from finegrain.platform.services.ray_compat import kill_actor_via_gcs
 
-    stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(create_gcs_channel(ray.get_runtime_context().gcs_address))
-    reply = stub.KillActorViaGcs(gcs_service_pb2.KillActorViaGcsRequest(
-        actor_id=bytes.fromhex(actor_id), force_kill=True, no_restart=True), timeout=timeout_s)
-    if reply.status.code != 0:
-        raise RuntimeError(f"actor {actor_id}: the GCS refused to kill it: {reply.status.message}")
+    kill_actor_via_gcs(actor_id, ray.get_runtime_context().gcs_address, timeout_s=timeout_s)
 
 
 def resource_holders() -> list[str]:

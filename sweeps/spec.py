@@ -36,13 +36,16 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["SweepSpec", "SweepSpecError", "Distribution", "AshaSection", "ResourcesSection", "to_override"]
+from finegrain.platform.science.errors import FinegrainError
+from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
+
+__all__ = ["SweepSpec", "SweepSpecError", "Distribution", "AshaSection", "ResourcesSection"]
 
 #: CPUs of each trial's own process: it reads the shards with Ray Data, then drives the workers.
 DATA_CPUS = 1.0
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(FinegrainError, ValueError):
     """A sweep spec that does not validate; the message names the key."""
 
 
@@ -120,8 +123,9 @@ class ResourcesSection(_Strict):
     for reading the data set.
     """
 
-    num_workers: int = Field(1, ge=1, description="Ray Train workers per trial (>= 1; see the class docstring)")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    num_workers: int = Field(NUM_WORKERS, ge=1,
+                             description="Ray Train workers per trial (>= 1; see the class docstring)")
+    cpus_per_worker: float = Field(CPUS_PER_WORKER, gt=0)
     gpus_per_worker: Literal[0, 1] = Field(0, description="0 or 1: Ray Train gives each GPU worker a whole GPU")
     wait_s: float = Field(300.0, gt=0, description="how long a trial waits for its CPUs before it fails, naming "
                                                    "what holds them")
@@ -132,10 +136,10 @@ class ResourcesSection(_Strict):
     def trial_gpus(self) -> float:
         return self.gpus_per_worker * self.num_workers
 
-    def overrides(self) -> list[str]:
-        """The training-config keys these settings fix."""
-        return [f"training.num_workers={self.num_workers}", f"training.cpus_per_worker={self.cpus_per_worker}",
-                f"training.use_gpu={'true' if self.gpus_per_worker > 0 else 'false'}"]
+    def config_values(self) -> dict[str, Any]:
+        """The training-config keys these settings fix, with their typed values."""
+        return {"training.num_workers": self.num_workers, "training.cpus_per_worker": self.cpus_per_worker,
+                "training.use_gpu": self.gpus_per_worker > 0}
 
 
 class SweepSpec(_Strict):
@@ -228,14 +232,19 @@ class SweepSpec(_Strict):
         del config_cls
 
     # ------------------------------------------------------------------ use
-    def trial_config(self, params: dict[str, Any]):
-        """The validated training config of one trial: base, ``set``, resources, then ``params``."""
-        from finegrain.trainables.cvae.train_config import apply_overrides
+    def trial_config(self, params: dict[str, Any], extra: dict[str, Any] | None = None):
+        """The validated training config of one trial: base, ``set``, resources, ``params``, then ``extra``.
+
+        ``set`` holds command-line ``key=value`` strings (parsed once, as ``finegrain train --set``);
+        resources, the sampled ``params`` and ``extra`` are typed values set by dotted key.
+        """
+        from finegrain.trainables.cvae.train_config import apply_overrides, set_values
         from finegrain.trainables.protocol import trainer_for
 
         config_cls, _ = trainer_for(self.family)
-        items = list(self.set) + self.resources.overrides() + [to_override(k, v) for k, v in params.items()]
-        return config_cls.from_dict(apply_overrides(self.base_config, items), source=f"sweep {self.name}")
+        data = set_values(apply_overrides(self.base_config, list(self.set)),
+                          {**self.resources.config_values(), **params, **(extra or {})})
+        return config_cls.from_dict(data, source=f"sweep {self.name}")
 
     def check_resources(self, cluster: dict[str, float]) -> None:
         """Refuse a request the cluster can never satisfy (``cluster``: ``ray.cluster_resources()``)."""
@@ -267,12 +276,6 @@ class SweepSpec(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-def to_override(key: str, value: Any) -> str:
-    """``key=value`` with the value written so YAML reads it back unchanged (``5e-05`` would be a string)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
-    return f"{key}={text.removesuffix('...').strip()}"
 
 
 def _describe(err: dict) -> str:

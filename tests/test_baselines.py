@@ -9,7 +9,7 @@ from finegrain.datasets.simulate import SimulationConfig, run_replica
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.metrics import clash_fraction, internal_js
 from finegrain.platform.science.metrics.structure import bonded_terms
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.science.errors import InputError
 from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
 from finegrain.trainables.protocol import load_backmapper
 
@@ -76,7 +76,7 @@ def test_nullspace_bond_lengths_close_to_training(adp, nullspace):
     train = _bond_lengths(adp["train"], top)
     ours = _bond_lengths(out, top)
     assert np.abs(ours.mean(0) - train.mean(0)).max() < BOND_MEAN_TOL_NM
-    # an unfitted fibre sampler (isotropic eta, 0.1 nm, seed 000's bare construction) is far worse
+    # an unfitted fibre sampler (isotropic eta, 0.1 nm, the bare x = C+ y + N eta construction) is far worse
     naive = mapping.sample_fibre(np.repeat(mapping.map(adp["test"]), 2, axis=0), scale=0.1, seed=0)
     naive_err = np.abs(_bond_lengths(naive, top).mean(0) - train.mean(0)).mean()
     assert np.abs(ours.mean(0) - train.mean(0)).mean() < naive_err / 3

@@ -1,4 +1,4 @@
-"""The cVAE of paper 001: shapes, config (Table 1), loss terms (eq. 3) and a tiny overfit run."""
+"""The cVAE of Shmilovich et al. (2022): shapes, config (Table 1), loss terms (eq. 3) and a tiny overfit run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training, tracking and inference of the cVAE backmapper (paper 001, sections 2.3-2.4).
+"""Training, tracking and inference of the cVAE backmapper (Shmilovich et al. (2022), sections 2.3-2.4).
 
 Data: the session fixtures ``adp_shards`` (2 ADP replicas x 50 frames, 1 ps)
 and ``chignolin_shards`` (2 x 20 frames) of conftest.py, simulated with
@@ -22,6 +22,8 @@ import typer
 from scipy.spatial.transform import Rotation
 from typer.testing import CliRunner
 
+from finegrain.platform.services.tracking import Tracker
+from finegrain.datasets.systems import get_system
 from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
 from finegrain.trainables.cvae import CVAE, CVAEConfig
 from finegrain.trainables.cvae.backmapper import CVAEBackmapper, GaussianMixtureSampler
@@ -58,10 +60,9 @@ def held_out_cg(shards: Path, n_frames: int) -> np.ndarray:
 
 
 def cli_app() -> typer.Typer:
-    from finegrain.platform.apps.cli import train_cmds
+    """The real ``finegrain`` app: its root group is the CLI's one error handler."""
+    from finegrain.platform.apps.cli import app
 
-    app = typer.Typer()
-    train_cmds.register(app)
     return app
 
 
@@ -160,7 +161,7 @@ def test_triplet_augmentation_and_energy_term_wiring():
     from finegrain.platform.science.energies import energy_model
     from finegrain.trainables.cvae.losses import energy_loss
 
-    efn = energy_model("adp", backend="torch", dtype=torch.float32)
+    efn = energy_model(get_system("adp"), backend="torch", dtype=torch.float32)
     cfg = CVAEConfig.smoke(t_lambda0=2, n_lambda=4, beta_schedule="constant")
     model = CVAE(cfg, ref.n_atoms, mapping.n_beads)
     _, t0 = step_loss(model, p2, c2, a2, 1, m, energy_fn=efn, generator=torch.Generator().manual_seed(9))
@@ -294,7 +295,7 @@ def _hand_beta(t: int) -> float:  # eq. 6, smoke preset: k = 0.5, tau = 5, R = 1
 def test_two_worker_ray_train_retries_resumes_exactly_and_is_tracked(stack, adp_shards, tmp_path):
     from mlflow import MlflowClient
 
-    from finegrain.platform.services.tracking import load_backmapper_from_uri
+    from finegrain.trainables.persistence import load_backmapper_from_uri
 
     name = f"cvae-test-{uuid.uuid4().hex[:8]}"
     common = ["training.num_workers=2", "training.cpus_per_worker=0.5", "training.max_steps=6",
@@ -340,7 +341,7 @@ def test_two_worker_ray_train_retries_resumes_exactly_and_is_tracked(stack, adp_
     cg = held_out_cg(adp_shards, 5)
     expected = a.backmapper.backmap_xyz(cg, n_samples=2, seed=3)
     for uri in (a.model_uri, f"models:/{name}/1", f"models:/{name}@champion"):
-        loaded = load_backmapper_from_uri(uri, uri=stack.mlflow_uri)
+        loaded = load_backmapper_from_uri(uri, Tracker(stack.mlflow_uri))
         assert isinstance(loaded, CVAEBackmapper) and loaded.mapping.name == "backbone6"
         np.testing.assert_array_equal(loaded.backmap_xyz(cg, n_samples=2, seed=3), expected)
     import mlflow
@@ -479,9 +480,9 @@ def test_every_shipped_config_trains_in_smoke_mode(name, stack, request, tmp_pat
         assert res.exit_code == 0, res.output
         lines = dict(line.split(": ", 1) for line in res.output.splitlines() if ": " in line)
         assert lines["model uri"].startswith("runs:/") and len(lines["run id"]) == 32
-        from finegrain.platform.services.tracking import load_backmapper_from_uri
+        from finegrain.trainables.persistence import load_backmapper_from_uri
 
-        bm = load_backmapper_from_uri(lines["model uri"], uri=stack.mlflow_uri)
+        bm = load_backmapper_from_uri(lines["model uri"], Tracker(stack.mlflow_uri))
     else:  # Table 1 architecture and grid; a batch of 4 keeps CPU time to seconds
         cfg = TrainConfig.from_yaml(CONFIGS / f"{name}.yaml", sets + ["model.batch_size=4", "tracking.enabled=false"])
         assert cfg.cvae().n_grid == 12 and cfg.cvae().grid_width in (1.8, 5.5)

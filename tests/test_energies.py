@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 
+from finegrain.datasets.systems import get_system
 from finegrain.platform.science.energies import (
     TERM_NAMES,
     OpenMMEnergy,
@@ -415,7 +416,7 @@ def test_unsupported_force_raises_or_falls_back(adp):
 # entry point, parameters file, training safety
 # ----------------------------------------------------------------------------
 def test_energy_model_entry_point(adp):
-    m = energy_model("adp", dtype=torch.float64)
+    m = energy_model(get_system("adp"), dtype=torch.float64)
     assert isinstance(m, TorchForceField) and m.system.getNumParticles() == 22
     x = torch.tensor(adp.frames[:3])
     np.testing.assert_allclose(m(x).numpy(), adp.expected["total"][:3], rtol=1e-9, atol=1e-6)
@@ -426,7 +427,7 @@ def test_energy_model_entry_point(adp):
     np.testing.assert_allclose(o(x).numpy(), adp.expected["total"][:3], rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="backend"):
         energy_model(adp.system, backend="jax")
-    with pytest.raises(ValueError, match="system_or_name"):
+    with pytest.raises(ValueError, match="system: expected"):
         energy_model(42)
     # constraints add no energy: a System with HBonds constraints gives the same U(x)
     hb = energy_model(adp.ref.create_system(constraints="HBonds"), dtype=torch.float64)

@@ -218,7 +218,7 @@ def _write_shards(folder, xyz, meta_constraints="absent"):
 def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
     from finegrain.platform.apps.entropy_compare import check_unconstrained, declared_constraints
     from finegrain.platform.science.metrics.entropy_checks import fixed_length_xh_bonds
-    from finegrain.platform.science.validation import InputError
+    from finegrain.platform.science.errors import InputError
 
     rng = np.random.default_rng(0)
     base = np.array([[0.0, 0, 0], [0.109, 0, 0], [0.0, 0.14, 0], [0.0, 0.14, 0.096]])  # C, H1, O, H2 (nm)
@@ -252,7 +252,7 @@ def test_constrained_data_are_refused_from_metadata_or_from_the_data(tmp_path):
 def test_heldout_split_never_returns_training_trajectories(tmp_path):
     from finegrain.platform.apps.entropy_compare import heldout_split
     from finegrain.datasets.shards import Manifest
-    from finegrain.platform.science.validation import InputError
+    from finegrain.platform.science.errors import InputError
 
     def man(n):
         return Manifest("toy", {}, 1, 1, ["C"], ["M"], n, n, {f"t{i}": 1 for i in range(n)}, [])

@@ -3,16 +3,18 @@
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import mdtraj as md
 import numpy as np
 import pytest
 
+from finegrain.platform.services.tracking import Tracker
 from finegrain.platform.apps.evaluation import evaluate
 from finegrain.platform.apps.leaderboard import composite_score, leaderboard
 from finegrain.datasets.shards import Manifest
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.science.errors import InputError
 from finegrain.datasets.systems import get_system
 from finegrain.trainables.baseline_fit import fit_baseline
 
@@ -22,14 +24,14 @@ SMALL = {"min_frames": 0, "bootstrap": 8}
 
 @pytest.fixture(scope="module")
 def baselines(stack, adp_shards):
-    return {family: fit_baseline(family, adp_shards) for family in ("nullspace", "em")}
+    return {family: fit_baseline(family, adp_shards, tracker=Tracker(stack.mlflow_uri)) for family in ("nullspace", "em")}
 
 
 def test_evaluation_run_holds_metrics_plots_and_tags(stack, adp_shards, baselines, tmp_path):
     from mlflow import MlflowClient
 
     _, uri = baselines["nullspace"]
-    res = evaluate(uri, adp_shards, samples=2, out=tmp_path / "ns", **SMALL)
+    res = evaluate(uri, adp_shards, samples=2, out=tmp_path / "ns", **SMALL, tracker=Tracker(stack.mlflow_uri))
     assert res.metrics["rmsd_cg_nm"] < 1e-6  # the fibre construction is exactly CG-consistent
     assert res.metrics["diversity_rmsd_nm"] > 0.01  # two samples of the same CG frame differ
     # backbone6 beads fix phi and psi: a CG-consistency check, zero on the fibre; omega is left free
@@ -61,7 +63,7 @@ def test_too_few_frames_for_fes_and_msm_are_refused_naming_the_flag(stack, adp_s
     _, uri = baselines["nullspace"]
     n = Manifest.load(adp_shards).n_frames
     with pytest.raises(InputError, match=f"{n} frames; free-energy surfaces and MSMs need >= 1000.*--min-frames"):
-        evaluate(uri, adp_shards, log=False)
+        evaluate(uri, adp_shards, tracker=Tracker(stack.mlflow_uri))
 
 
 def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, baselines, tmp_path):
@@ -73,8 +75,8 @@ def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, ba
     cg.save_dcd(str(tmp_path / "cg.dcd"))
     cg[0].save_pdb(str(tmp_path / "cg.pdb"))
     gen = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", cg=tmp_path / "cg.dcd",
-                   cg_top=tmp_path / "cg.pdb", log=False, **SMALL)
-    ind = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", log=False, **SMALL)
+                   cg_top=tmp_path / "cg.pdb", **SMALL, tracker=Tracker(stack.mlflow_uri))
+    ind = evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", **SMALL, tracker=Tracker(stack.mlflow_uri))
     for k in ("js_bonds", "js_angles", "js_dihedrals", "mean_bond_error_nm", "clash_fraction"):
         assert gen.metrics[k] == pytest.approx(ind.metrics[k], abs=1e-12)
     assert gen.metrics["rmsd_cg_nm"] < 1e-5  # the CG file holds float32 coordinates
@@ -84,37 +86,51 @@ def test_generalization_input_path_agrees_with_the_shard_path(stack, adp_sim, ba
     bad[0].save_pdb(str(tmp_path / "bad.pdb"))
     with pytest.raises(InputError, match=r"5 beads.*'backbone6' has 6"):
         evaluate(uri, adp_sim / "replica_001.dcd", top=adp_sim / "topology.pdb", cg=tmp_path / "bad.dcd",
-                 cg_top=tmp_path / "bad.pdb", log=False, **SMALL)
+                 cg_top=tmp_path / "bad.pdb", **SMALL, tracker=Tracker(stack.mlflow_uri))
 
 
 def test_em_baseline_and_the_leaderboard(stack, adp_shards, baselines, tmp_path):
     _, em_uri = baselines["em"]
     _, ns_uri = baselines["nullspace"]
-    em = evaluate(em_uri, adp_shards, out=tmp_path / "em", **SMALL)
-    ns = evaluate(ns_uri, adp_shards, out=tmp_path / "ns", **SMALL)
+    # an experiment of this test's own: the board holds exactly these evaluations, whatever else the
+    # shared MLflow server holds (other tests evaluate other models of adp into the default experiment)
+    experiment = f"test-leaderboard-{uuid.uuid4().hex[:8]}"
+    em = evaluate(em_uri, adp_shards, out=tmp_path / "em", experiment=experiment, **SMALL, tracker=Tracker(stack.mlflow_uri))
+    ns = evaluate(ns_uri, adp_shards, out=tmp_path / "ns", experiment=experiment, **SMALL, tracker=Tracker(stack.mlflow_uri))
     assert em.metrics["rmsd_cg_nm"] < 0.02  # soft restraints: close to, not exactly on, the CG
     # minimisation relaxes the constrained X-H bonds to r0 (scored apart from the heavy-bond JS, issue 14)
     # and removes the null-space sampler's high-energy tail
     assert em.metrics["mae_constrained_bond_nm"] < ns.metrics["mae_constrained_bond_nm"]
     assert em.metrics["energy_p99_excess_kj_mol"] < ns.metrics["energy_p99_excess_kj_mol"]
-    board = leaderboard("adp")
+    board = leaderboard("adp", Tracker(stack.mlflow_uri), experiment=experiment)
+    assert sorted((r["model_label"], r["run_id"]) for r in board) == [("em", em.run_id), ("nullspace", ns.run_id)]
     rows = {r["model_label"]: r for r in board}
-    assert set(rows) == {"nullspace", "em"}
     assert rows["em"]["js_bonds"] == pytest.approx(em.metrics["js_bonds"])
-    assert rows["nullspace"]["run_id"] == ns.run_id  # the latest evaluation of each model
+    # a later evaluation of a model replaces its row (the latest evaluation of each model)
+    ns2 = evaluate(ns_uri, adp_shards, experiment=experiment, seed=1, **SMALL, tracker=Tracker(stack.mlflow_uri))
+    board = leaderboard("adp", Tracker(stack.mlflow_uri), experiment=experiment)
+    assert sorted((r["model_label"], r["run_id"]) for r in board) == [("em", em.run_id), ("nullspace", ns2.run_id)]
     assert [r["composite"] for r in board] == sorted(r["composite"] for r in board)  # best first
-    for label, res in (("em", em), ("nullspace", ns)):
+    rows = {r["model_label"]: r for r in board}
+    for label, res in (("em", em), ("nullspace", ns2)):
         assert rows[label]["composite"] == pytest.approx(composite_score(res.metrics, temporal=False)[0])
         assert rows[label]["js_bonds_floor"] == pytest.approx(res.metrics["js_bonds_floor"])
+    # the CLI reads the default experiment (it has no --experiment): it must print and log what the API
+    # returns for that experiment at the same moment
+    evaluate(ns_uri, adp_shards, **SMALL, tracker=Tracker(stack.mlflow_uri))  # so that the default board is not empty
+    expected = leaderboard("adp", Tracker(stack.mlflow_uri))
     exe = Path(sys.executable).parent / "finegrain"
     out = subprocess.run([str(exe), "leaderboard", "--system", "adp"], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "COLUMNS": "250"})
-    assert out.returncode == 0 and "nullspace" in out.stdout and "em" in out.stdout and "composite" in out.stdout
+    assert out.returncode == 0 and "composite" in out.stdout, out.stderr
+    assert expected and all(r["model_label"] in out.stdout for r in expected)
     run_id = out.stdout.split("logged to MLflow run")[1].split()[0]
     from mlflow import MlflowClient
 
-    arts = {a.path for a in MlflowClient(stack.mlflow_uri).list_artifacts(run_id)}
-    assert {"leaderboard.txt", "leaderboard.json"} <= arts
+    client = MlflowClient(stack.mlflow_uri)
+    assert {"leaderboard.txt", "leaderboard.json"} <= {a.path for a in client.list_artifacts(run_id)}
+    logged = json.loads(Path(client.download_artifacts(run_id, "leaderboard.json", str(tmp_path))).read_text())
+    assert [(r["model_label"], r["run_id"]) for r in logged] == [(r["model_label"], r["run_id"]) for r in expected]
 
 
 def test_composite_is_the_mean_log_ratio_to_the_floor():
@@ -193,7 +209,7 @@ def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_
     assert recorded["test"] != default_test and len(recorded["test"]) == 1
     assert sorted(recorded["train"] + recorded["validation"] + recorded["test"]) == sorted(man.trajectories)
 
-    res = evaluate(str(folder), four_traj_shards, split="test", log=False, out=tmp_path / "eval", **SMALL)
+    res = evaluate(str(folder), four_traj_shards, split="test", out=tmp_path / "eval", **SMALL)
     tags = json.loads((tmp_path / "eval" / "report.json").read_text())["tags"]
     ids_hash = hashlib.sha256(",".join(recorded["test"]).encode()).hexdigest()[:8]
     assert tags["data_hash"] == f"{man.digest}:test-{ids_hash}" and tags["split"] == "test"
@@ -211,18 +227,40 @@ def test_evaluate_split_scores_the_models_own_held_out_trajectories(stack, four_
 
 
 def test_a_model_without_a_recorded_split_is_refused_naming_split(adp_shards, tmp_path):
+    """``--split validation`` scores exactly the trajectory the model never saw, found from its recorded seed."""
+    import hashlib
+
+    from finegrain.datasets.shards import read_frames
+    from finegrain.trainables.baselines import fit_nullspace
     from finegrain.trainables.protocol import load_backmapper
 
-    model, _ = fit_baseline("nullspace", adp_shards, fractions=(0.5, 0.5, 0.0), seed=3, log=False)
+    man = Manifest.load(adp_shards)
+    # a seed whose split differs from the default seed's, so evaluating with the wrong seed cannot pass
+    seed = next(s for s in range(1, 100) if split_trajectories_of(adp_shards, s) != split_trajectories_of(adp_shards, 0))
+    model, _ = fit_baseline("nullspace", adp_shards, fractions=(0.5, 0.5, 0.0), seed=seed)
     model.save(tmp_path / "with")
     rec = load_backmapper(tmp_path / "with").recorded_split()
-    assert rec["seed"] == 3 and rec["validation"] == split_trajectories_of(adp_shards, 3)
-    ref = evaluate(str(tmp_path / "with"), adp_shards, split="validation", log=False, **SMALL)
-    assert ref.metrics["rmsd_cg_nm"] < 1e-6
+    assert rec["seed"] == seed and rec["validation"] == split_trajectories_of(adp_shards, seed)
+    train_ids, val_ids = rec["train"], rec["validation"]
+    assert len(train_ids) == len(val_ids) == 1 and set(train_ids) | set(val_ids) == set(man.trajectories)
+    # the model was fitted on the recorded training trajectory and only on it (refitted independently)
+    train, held = read_frames(adp_shards, train_ids), read_frames(adp_shards, val_ids)
+    np.testing.assert_allclose(fit_nullspace(train["aa_xyz_nm"], model.mapping, model.topology).mean_eta,
+                               model.mean_eta, atol=1e-12)
+    assert np.abs(fit_nullspace(held["aa_xyz_nm"], model.mapping, model.topology).mean_eta - model.mean_eta).max() > 1e-4
+    res = evaluate(str(tmp_path / "with"), adp_shards, split="validation", out=tmp_path / "eval", **SMALL)
+    tags = json.loads((tmp_path / "eval" / "report.json").read_text())["tags"]
+    ids_hash = hashlib.sha256(",".join(sorted(val_ids)).encode()).hexdigest()[:8]
+    assert tags["split"] == "validation" and tags["data_hash"] == f"{man.digest}:validation-{ids_hash}"
+    assert res.metrics["n_frames"] == len(held["frame"]) == man.n_frames - len(train["frame"])
+    # the scores are those of the held-out frames, not of the training ones
+    on_train = evaluate(str(tmp_path / "with"), adp_shards, split="train", **SMALL)
+    assert on_train.metrics["n_frames"] == len(train["frame"])
+    assert res.metrics["js_angles"] != pytest.approx(on_train.metrics["js_angles"], rel=1e-6)
     model.training_split = None
     model.save(tmp_path / "without")
     with pytest.raises(InputError, match="--split test.*no recorded training split"):
-        evaluate(str(tmp_path / "without"), adp_shards, split="test", log=False, **SMALL)
+        evaluate(str(tmp_path / "without"), adp_shards, split="test", **SMALL)
 
 
 def split_trajectories_of(shards, seed):

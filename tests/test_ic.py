@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from finegrain.platform.services.tracking import Tracker
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.mapping import CGMapping
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.science.errors import InputError
 from finegrain.trainables.ic import ConditionalIC, ICConfig, build_zmatrix
 from finegrain.trainables.ic.zmatrix import internal_coordinates, place, random_rotations
 
@@ -155,7 +156,7 @@ def test_adp_ic_trains_on_ray_train_logs_to_mlflow_and_backmaps_onto_the_beads(s
 
     from finegrain.platform.apps.cli import train_cmds
     from finegrain.datasets.shards import read_frames
-    from finegrain.platform.services.tracking import load_backmapper_from_uri
+    from finegrain.trainables.persistence import load_backmapper_from_uri
 
     app = typer.Typer()
     train_cmds.register(app)
@@ -170,7 +171,7 @@ def test_adp_ic_trains_on_ray_train_logs_to_mlflow_and_backmaps_onto_the_beads(s
     run = mlflow.MlflowClient().get_run(lines["run id"])
     assert run.data.tags["family"] == "ic" and run.data.tags["mapping"] == "backbone6"
     assert {"train_nll", "val_nll"} <= set(run.data.metrics) and math.isfinite(run.data.metrics["val_nll"])
-    bm = load_backmapper_from_uri(lines["model uri"])
+    bm = load_backmapper_from_uri(lines["model uri"], Tracker(stack.mlflow_uri))
     assert bm.family == "ic" and bm.frames_independent
     fr = read_frames(adp_shards)
     xyz = bm.backmap_xyz(fr["cg_xyz_nm"][:5], n_samples=2, seed=3)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from finegrain.datasets.systems import get_system
-from finegrain.platform.science.refine import K_RESTRAINT, refine
-from finegrain.platform.science.validation import InputError
+from finegrain.trainables.refine import K_RESTRAINT, refine
+from finegrain.platform.science.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_refinement_minimises_the_restrained_energy_as_openmm_measures_it(frames
     from finegrain.platform.science.energies import energy_model
 
     mapping, x0, y = frames
-    u = energy_model("adp", backend="openmm")
+    u = energy_model(get_system("adp"), backend="openmm")
 
     def restrained(x):  # OpenMM's energy and forces plus the restraint, independently of the torch force field
         p = torch.as_tensor(x).requires_grad_(True)
@@ -60,6 +60,6 @@ def test_a_refined_model_is_scored_as_its_own_leaderboard_row(adp_shards, tmp_pa
 
     from finegrain.platform.apps.evaluation import evaluate
 
-    res = evaluate("zoo:adp-backbone6", adp_shards, out=tmp_path, log=False, bootstrap=0, min_frames=50, refine=5)
+    res = evaluate("zoo:adp-backbone6", adp_shards, out=tmp_path, bootstrap=0, min_frames=50, refine=5)
     tags = json.loads(res.report.read_text())["tags"]
     assert tags["model_label"] == "zoo:adp-backbone6+refine5" and tags["refine_steps"] == "5"

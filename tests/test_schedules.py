@@ -1,4 +1,4 @@
-"""lambda (eq. 5) and beta (eq. 6) schedules of paper 001 against values computed by hand.
+"""lambda (eq. 5) and beta (eq. 6) schedules of Shmilovich et al. (2022) against values computed by hand.
 
 Parameters are Table 1's: lambda: t_lambda0 = 2e5 (ADP), n_lambda = 1.25e6,
 lambda_initial = 1e-6, lambda_final = 1; beta (ADP): M = 4, R = 25000,

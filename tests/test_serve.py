@@ -22,6 +22,7 @@ import requests
 import yaml
 from typer.testing import CliRunner
 
+from finegrain.platform.services.tracking import Tracker
 from finegrain.platform.apps.serving import ServeSettings, build_app, free_port, serve_model, shutdown
 from finegrain.datasets.shards import Manifest, read_frames
 from finegrain.trainables.baseline_fit import fit_baseline
@@ -38,7 +39,7 @@ def versions(stack, adp_shards):
     """Two registered versions of the null-space baseline (both trajectories / one); champion -> v1."""
     from mlflow import MlflowClient
 
-    models = [fit_baseline("nullspace", adp_shards, fractions=f, registered_model_name=NAME)[0]
+    models = [fit_baseline("nullspace", adp_shards, fractions=f, registered_model_name=NAME, tracker=Tracker(stack.mlflow_uri))[0]
               for f in ((0.8, 0.1, 0.1), (0.5, 0.5, 0.0))]
     client = MlflowClient(stack.mlflow_uri)
     latest = sorted(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version))[-2:]
@@ -283,7 +284,7 @@ def test_model_endpoint_matches_the_registry_and_docs_are_served(server, version
 
 
 def test_serve_model_refuses_unknown_models_and_a_second_address(server, tmp_path):
-    from finegrain.platform.science.validation import InputError
+    from finegrain.platform.science.errors import InputError
 
     with pytest.raises(InputError, match="model: models:/serve-test-adp@nope: not found"):
         serve_model(f"models:/{NAME}@nope", port=free_port())

@@ -112,8 +112,8 @@ def test_bad_config_is_refused(kwargs, message):
 
 
 def test_unknown_system_fails_before_anything_is_written(stack, tmp_path):
-    from finegrain.datasets.systems import SystemError_
+    from finegrain.datasets.systems import UnknownSystemError
 
-    with pytest.raises(SystemError_, match="unknown system 'nope'"):
+    with pytest.raises(UnknownSystemError, match="unknown system 'nope'"):
         simulate(SimulationConfig("nope"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finegrain.platform.services.tracking import Tracker
 from finegrain.sweeps.spec import SweepSpec, SweepSpecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,17 +161,17 @@ def test_registry_alias_moves_only_on_improvement(submitted_sweep, stack):
     name = f"registry-test-{uuid.uuid4().hex[:6]}"
     steps = [(2.0, "champion", "1"), (3.0, "challenger", "1"), (2.0, "challenger", "1"), (1.0, "champion", "4")]
     for k, (value, alias, champion) in enumerate(steps):
-        p = register_and_promote(name, uris[k % len(uris)], "val_total", "min", value, uri=stack.mlflow_uri)
+        p = register_and_promote(name, uris[k % len(uris)], "val_total", "min", value, Tracker(stack.mlflow_uri))
         assert (p.version, p.alias) == (str(k + 1), alias)
         assert client.get_model_version_by_alias(name, "champion").version == champion
     assert client.get_model_version_by_alias(name, "challenger").version == "3"
     # mode max: a larger figure wins
-    p = register_and_promote(name, uris[0], "val_total", "max", 5.0, uri=stack.mlflow_uri)
+    p = register_and_promote(name, uris[0], "val_total", "max", 5.0, Tracker(stack.mlflow_uri))
     assert p.alias == "champion" and p.champion_value == 1.0
     # figures measured on other data are not compared: a better number on other data stays challenger
     other = f"registry-test-{uuid.uuid4().hex[:6]}"
-    register_and_promote(other, uris[0], "val_total", "min", 2.0, tags={"data_hash": "aaaa"}, uri=stack.mlflow_uri)
-    p = register_and_promote(other, uris[0], "val_total", "min", 0.5, tags={"data_hash": "bbbb"}, uri=stack.mlflow_uri)
+    register_and_promote(other, uris[0], "val_total", "min", 2.0, Tracker(stack.mlflow_uri), tags={"data_hash": "aaaa"})
+    p = register_and_promote(other, uris[0], "val_total", "min", 0.5, Tracker(stack.mlflow_uri), tags={"data_hash": "bbbb"})
     assert (p.alias, p.comparable) == ("challenger", False)
     assert client.get_model_version_by_alias(other, "champion").version == "1"
 

@@ -12,7 +12,7 @@ import openmm as mm
 import openmm.unit as u
 import pytest
 
-from finegrain.datasets.systems import SystemError_, available_systems, get_system
+from finegrain.datasets.systems import UnknownSystemError, available_systems, get_system
 
 OPENMMTOOLS = Path(importlib.util.find_spec("openmmtools").submodule_search_locations[0]) / "data"
 
@@ -83,9 +83,9 @@ def test_user_system_from_pdb_and_from_prmtop(tmp_path):
 def test_bad_user_systems_are_named(tmp_path, yaml_text, message):
     shutil.copy(OPENMMTOOLS / "alanine-dipeptide-gbsa" / "alanine-dipeptide.pdb", tmp_path / "pep.pdb")
     (tmp_path / "bad.yaml").write_text(yaml_text)
-    with pytest.raises(SystemError_, match=message):
+    with pytest.raises(UnknownSystemError, match=message):
         get_system(str(tmp_path / "bad.yaml"))
-    with pytest.raises(SystemError_, match="unknown system 'nope'"):
+    with pytest.raises(UnknownSystemError, match="unknown system 'nope'"):
         get_system("nope")
 
 

@@ -1,4 +1,4 @@
-"""Tests for finegrain.platform.science.voxels (paper 001, eqs. 1 and 2, DeepBackmap convention).
+"""Tests for finegrain.platform.science.voxels (Shmilovich et al. (2022), eqs. 1 and 2, DeepBackmap convention).
 
 Convention under test (module docstring of finegrain.platform.science.voxels):
 density exp(-|x - mu|^2 / sigma) with sigma in nm^2 (std s = sqrt(sigma / 2)),

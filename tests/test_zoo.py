@@ -9,8 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from finegrain.datasets.systems import get_system
 from finegrain.platform.apps import zoo
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.science.errors import InputError
 
 
 def cli():
@@ -39,7 +40,7 @@ def test_the_zoo_lists_its_models_with_complete_cards():
 
 def test_an_unknown_zoo_name_is_refused_listing_the_names():
     from finegrain.platform.apps.serving import resolve_model
-    from finegrain.platform.services.tracking import load_backmapper_any
+    from finegrain.trainables.persistence import load_backmapper_any
 
     for call in (lambda: load_backmapper_any("zoo:nope"), lambda: resolve_model("zoo:nope")):
         with pytest.raises(InputError, match="zoo:nope.*adp-backbone6.*adp-ca"):
@@ -51,7 +52,6 @@ def test_an_unknown_zoo_name_is_refused_listing_the_names():
 def test_shipped_adp_backbone6_on_a_simulation_it_never_saw(adp_sim, tmp_path):
     """`finegrain backmap --model zoo:adp-backbone6` on CG files of the test session's own ADP run (seed 7,
     not the zoo's seeds): beads exact, constrained bonds exact, heavy bonds and energies as OpenMM's."""
-    from finegrain.datasets.systems import get_system
     from finegrain.platform.science.energies import energy_model
 
     top = md.load_topology(str(adp_sim / "topology.pdb"))
@@ -73,7 +73,7 @@ def test_shipped_adp_backbone6_on_a_simulation_it_never_saw(adp_sim, tmp_path):
     assert np.abs(d_bm[:, ~heavy] - d_ref[:, ~heavy]).max() < 1e-4  # X-H held at the constrained length
     assert np.abs(d_bm[:, heavy].mean(0) - d_ref[:, heavy].mean(0)).max() < 0.002  # heavy bonds on average
     # energies with OpenMM itself: the backmapped ensemble is as hot as the reference, no outliers
-    u = energy_model("adp", backend="openmm")
+    u = energy_model(get_system("adp"), backend="openmm")
     e_bm = u(torch.as_tensor(bm.xyz, dtype=torch.float64)).detach().numpy()
     e_ref = u(torch.as_tensor(ref.xyz, dtype=torch.float64)).detach().numpy()
     from scipy.stats import wasserstein_distance

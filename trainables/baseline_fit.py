@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
+from finegrain.datasets.systems import get_system
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
+from finegrain.trainables.persistence import log_backmapper
+from finegrain.trainables.protocol import split_record
+
 __all__ = ["fit_baseline", "BASELINE_EXPERIMENT"]
 
 BASELINE_EXPERIMENT = "finegrain-baselines"
@@ -11,20 +19,15 @@ BASELINE_EXPERIMENT = "finegrain-baselines"
 
 def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_EXPERIMENT,
                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 registered_model_name: str | None = None, log: bool = True):
+                 registered_model_name: str | None = None, tracker: Tracker | None = None):
     """Fit ``family`` ("nullspace" or "em") on the training split of ``shards``.
 
     The energy-minimisation baseline places atoms with a null-space fit of the
-    same data before its restrained minimisation. Returns (backmapper, model URI
-    or None when ``log`` is False).
+    same data before its restrained minimisation. With a ``tracker`` the model is
+    logged (and registered as ``registered_model_name``) in its own MLflow run.
+    Returns (backmapper, model URI or None without a tracker).
     """
     import mdtraj as md
-
-    from finegrain.datasets.systems import get_system
-    from finegrain.platform.science.mapping import CGMapping
-    from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
-    from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
-    from finegrain.trainables.protocol import split_record
 
     if family not in ("nullspace", "em"):
         raise ValueError(f"family: expected 'nullspace' or 'em', got {family!r}")
@@ -39,18 +42,16 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     if family == "em":
         model = EnergyMinimisationBackmapper(topology, mapping, get_system(man.system).definition, placement=model)
     model.training_split = split_record(fractions, seed, splits, man.digest)  # for ``evaluate --split``
-    if not log:
+    if tracker is None:
         return model, None
-    from finegrain.platform.services.tracking import end_run, log_backmapper, start_run
-
     params = {"family": family, "shards": str(shards.resolve()), "train_trajectories": ",".join(train_ids),
               "n_train_frames": len(frames["frame"]), "seed": seed}
     tags = {"family": family, "system": man.system, "mapping": mapping.name, "data_hash": man.digest}
-    run_id = start_run(experiment, params=params, tags=tags, run_name=f"{family}-{man.system}-{mapping.name}")
+    run_id = tracker.start_run(experiment, params=params, tags=tags, run_name=f"{family}-{man.system}-{mapping.name}")
     try:
-        uri = log_backmapper(model, registered_model_name=registered_model_name, run_id=run_id)
+        uri = log_backmapper(model, tracker, run_id, registered_model_name=registered_model_name)
     except BaseException:
-        end_run(run_id, failed=True)
+        tracker.end_run(run_id, failed=True)
         raise
-    end_run(run_id)
+    tracker.end_run(run_id)
     return model, uri

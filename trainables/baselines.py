@@ -1,6 +1,6 @@
-"""Baseline backmappers (DESIGN.md "Models" 4): null-space Gaussian sampling and restrained energy minimisation.
+"""Baseline backmappers: null-space Gaussian sampling and restrained energy minimisation.
 
-**Null space** (seed 000): for a linear map y = C x with full row rank, every
+**Null space**: for a linear map y = C x with full row rank, every
 fibre point is x = C+ y + N eta (C+ pseudo-inverse [N_at, n], N an orthonormal
 basis of ker C [N_at, k], k = N_at - n, eta [k, 3]). The null-space
 coordinates eta = N^T x of raw frames change when the molecule rotates or
@@ -25,7 +25,7 @@ translates, so their statistics are fitted in a *body frame*:
 With fewer than 3 beads the rotation is undefined and the identity is used
 (statistics then live in the centred lab frame; outputs are still exact).
 
-**Energy minimisation** (seed 002 sec. 5.1.3, seed 000 soft-constraint MAP):
+**Energy minimisation** (sec. 5.1.3 of M. Stieffenhofer's DeepBackmap PhD thesis; a soft-constraint MAP):
 geometric placement (the system's template structure superposed onto the
 beads, or a fitted null-space model's mean structure), projected onto the
 fibre, plus seeded Gaussian noise per sample; then OpenMM's
@@ -42,7 +42,8 @@ import numpy as np
 
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.science.superposition import kabsch_rotations
-from finegrain.platform.science.validation import InputError, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
 from finegrain.trainables.protocol import Backmapper
 
 __all__ = [

@@ -7,7 +7,7 @@ artifact, ``backmapper``, is a folder written by ``Backmapper.save`` (JSON,
 PDB, tensors-only torch file), read with ``load_backmapper`` — no pickle.
 
 Not meant to be imported by finegrain itself (only located, see
-:func:`finegrain.platform.services.tracking.model_code_path`).
+:func:`finegrain.trainables.persistence.model_code_path`).
 
 ``predict`` input: an array [T, n_beads, 3] (nm) of CG frames, or a dict with
 ``cg_xyz`` (and optionally ``n_samples``, ``seed``); ``params`` may carry

@@ -4,6 +4,10 @@ A family's config (``FlowConfig``, ``ICConfig``) subclasses :class:`ModelConfig`
 as a ``@dataclass(frozen=True)`` and validates its fields in ``__post_init__``
 with :func:`positive_int` / :func:`positive_number`; ``to_dict`` /
 ``from_dict`` (unknown fields refused, naming them) / ``replace`` come from here.
+
+A field that does not validate raises :class:`ModelConfigError`, a ``ValueError``
+that carries the field's name (``field``), so a training config names the key
+``model.<field>`` without reading the message.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ import dataclasses
 import math
 from typing import Any
 
-__all__ = ["ModelConfig", "positive_int", "positive_number"]
+__all__ = ["ModelConfig", "ModelConfigError", "positive_int", "positive_number"]
+
+
+class ModelConfigError(ValueError):
+    """A model-config field that does not validate; ``field`` names it (None: the config as a whole)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def positive_int(v) -> bool:
@@ -34,7 +46,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+            raise ModelConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}", unknown[0])
         return cls(**data)
 
     def replace(self, **changes: Any):

@@ -22,35 +22,57 @@ from __future__ import annotations
 import importlib
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from finegrain.platform.science.mapping import CGMapping
-from finegrain.platform.science.validation import InputError, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
 
-__all__ = ["Backmapper", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record",
-           "backmapper_from_checkpoint"]
+__all__ = ["Backmapper", "Family", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record",
+           "backmapper_from_checkpoint", "load_weights"]
 
-#: family name -> "module:Class" of its Backmapper (import on demand).
-FAMILIES: dict[str, str] = {
-    "cvae": "finegrain.trainables.cvae.backmapper:CVAEBackmapper",
-    "nullspace": "finegrain.trainables.baselines:NullSpaceBackmapper",
-    "em": "finegrain.trainables.baselines:EnergyMinimisationBackmapper",
-    "flow": "finegrain.trainables.flow.backmapper:FlowBackmapper",
-    "ic": "finegrain.trainables.ic.backmapper:ICBackmapper",
+@dataclass(frozen=True)
+class Family:
+    """A model family, declared once: where its backmapper and trainer live and what it can do.
+
+    backmapper : "module:Class" of its :class:`Backmapper` (imported on demand).
+    config, fit : "module:ConfigClass" and "module:fit_detailed" of its trainer (None: fitted by
+        ``finegrain baseline``). A config class has ``from_dict(data, source)``, ``from_yaml(path,
+        overrides)``, ``flat()`` and sections data/model/training/tracking; ``fit_detailed(config)``
+        returns a ``FitResult`` (backmapper, MLflow run id, model URI, folders).
+    options : backmapping options a user may set on a loaded model (attribute names), e.g. the cVAE's
+        latent ``prior`` and ``project_cg``; the CLI and Serve check here, never with ``hasattr``.
+    """
+
+    backmapper: str
+    config: str | None = None
+    fit: str | None = None
+    options: tuple[str, ...] = ()
+
+    @property
+    def trainable(self) -> bool:
+        return self.fit is not None
+
+
+#: The one registry: a new family is a folder under trainables/ and one line here.
+FAMILIES: dict[str, Family] = {
+    "cvae": Family("finegrain.trainables.cvae.backmapper:CVAEBackmapper",
+                   "finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed",
+                   options=("prior", "project_cg")),
+    "nullspace": Family("finegrain.trainables.baselines:NullSpaceBackmapper"),
+    "em": Family("finegrain.trainables.baselines:EnergyMinimisationBackmapper"),
+    "flow": Family("finegrain.trainables.flow.backmapper:FlowBackmapper",
+                   "finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
+    "ic": Family("finegrain.trainables.ic.backmapper:ICBackmapper",
+                 "finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed"),
 }
 
-#: family name -> ("module:ConfigClass", "module:fit_detailed") of its trainer. A config class has
-#: ``from_dict(data, source)``, ``from_yaml(path, overrides)``, ``flat()`` and sections
-#: data/model/training/tracking; ``fit_detailed(config)`` returns a ``FitResult``
-#: (backmapper, MLflow run id, model URI, folders). Sweeps only use this.
-TRAINERS: dict[str, tuple[str, str]] = {
-    "cvae": ("finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed"),
-    "flow": ("finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
-    "ic": ("finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed"),
-}
+#: the trainable families (derived from :data:`FAMILIES`)
+TRAINERS: tuple[str, ...] = tuple(name for name, fam in FAMILIES.items() if fam.trainable)
 
 META = "backmapper.json"
 TOPOLOGY = "topology.pdb"
@@ -212,9 +234,9 @@ def trainer_for(family: str):
     """(config class, fit_detailed) of a trainable family; ValueError naming the known ones."""
     if family not in TRAINERS:
         raise ValueError(f"unknown model family {family!r} (known: {', '.join(TRAINERS)})")
-    config_cls, fit = TRAINERS[family]
+    fam = FAMILIES[family]
     try:
-        return _import(config_cls), _import(fit)
+        return _import(fam.config), _import(fam.fit)
     except ImportError as exc:
         raise ValueError(f"model family {family!r} is not available here ({exc})") from exc
 
@@ -224,7 +246,20 @@ def backmapper_from_checkpoint(family: str, folder: str | Path, topology, mappin
     """The backmapper in a training checkpoint folder of a trainable family (its ``from_checkpoint``)."""
     if family not in TRAINERS:
         raise ValueError(f"unknown model family {family!r} (trainable: {', '.join(TRAINERS)})")
-    return _import(FAMILIES[family]).from_checkpoint(folder, topology, mapping, info=info)
+    return _import(FAMILIES[family].backmapper).from_checkpoint(folder, topology, mapping, info=info)
+
+
+def load_weights(module, state: dict, family: str):
+    """``module`` with ``state`` loaded (strict), cast first to the state's float dtype so float64 weights stay
+    float64; ValueError naming the family when the weights do not fit its saved config."""
+    dtypes = {v.dtype for v in state.values() if hasattr(v, "is_floating_point") and v.is_floating_point()}
+    if len(dtypes) == 1:
+        module = module.to(dtypes.pop())
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{family} weights do not fit the saved config: {exc}") from None
+    return module
 
 
 def load_backmapper(folder: str | Path) -> Backmapper:
@@ -240,7 +275,7 @@ def load_backmapper(folder: str | Path) -> Backmapper:
     family = meta.get("family")
     if family not in FAMILIES:
         raise ValueError(f"model folder {folder}: unknown family {family!r} (known: {', '.join(FAMILIES)})")
-    cls = _import(FAMILIES[family])
+    cls = _import(FAMILIES[family].backmapper)
     topology = md.load_topology(str(folder / TOPOLOGY))
     state = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True) if (folder / WEIGHTS).is_file() else {}
     bm = cls._from_saved(topology, CGMapping.from_dict(meta["mapping"]), meta["config"], state)

@@ -1,17 +1,21 @@
 """The Ray Train driver and worker plumbing every trainable family shares.
 
-A family supplies its per-worker loop, the plain-data loop config and how a
-final checkpoint becomes a :class:`~finegrain.trainables.protocol.Backmapper`;
+A family supplies its per-worker loop, its fitted data (the ``payload`` of the
+run's :class:`~finegrain.trainables.run_context.RunContext`) and how a final
+checkpoint becomes a :class:`~finegrain.trainables.protocol.Backmapper`;
 :func:`run_training` does the rest, the same way for all: read the shard
 manifest and split it by trajectory, build the (AA(t-lag), CG(t), AA(t)) pair
 data sets with Ray Data, open the MLflow run (flattened config as params;
 family, data digest, mapping, system and the sweep parent as tags), run a
 ``TorchTrainer`` (``num_workers=0``: in-process) with retries, checkpoints and
-the Tune callback, save and log the final model, close the run.
+the Tune callback, save and log the final model, close the run. What crosses
+the Ray boundary is the validated config and the run context, each dumped as
+JSON data (:func:`~finegrain.trainables.run_context.loop_config`).
 
 On the worker side, :class:`TrainWorker` holds what every worker shares
-(rank, device, counters, restore) and :func:`report_step` reports metrics to
-MLflow (rank 0) and Ray Train, with a checkpoint folder when asked.
+(the config and context validated again, rank, device, counters, restore) and
+:func:`report_step` reports metrics to MLflow (rank 0) and Ray Train, with a
+checkpoint folder when asked.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from finegrain.trainables.run_context import RunContext, loop_config
+
 __all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
-           "TrainWorker", "write_checkpoint", "read_checkpoint"]
+           "TrainWorker"]
 
 
 @dataclass
@@ -52,45 +58,6 @@ class TrainingData:
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
-
-
-#: a checkpoint folder's files (tensors-only torch files + JSON metadata)
-CKPT_MODEL, CKPT_OPTIM, CKPT_META = "model.pt", "optimizer.pt", "state.json"
-
-
-def write_checkpoint(folder: str | Path, model, optimizer, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s state, ``optimizer``'s (when given) and ``meta`` (JSON) into ``folder``."""
-    import json
-
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / CKPT_MODEL)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), folder / CKPT_OPTIM)
-    (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
-    return folder
-
-
-def read_checkpoint(folder: str | Path, family: str, config_key: str) -> dict[str, Any]:
-    """{"meta", "model", "optimizer"?} of a ``family`` checkpoint folder whose meta holds ``config_key``
-    (``weights_only`` loads: nothing is unpickled)."""
-    import json
-
-    import torch
-
-    folder = Path(folder)
-    if not (folder / CKPT_META).is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not a {family} checkpoint)")
-    meta = json.loads((folder / CKPT_META).read_text())
-    if config_key not in meta:
-        raise ValueError(f"checkpoint {folder}: not a {family} checkpoint (no {config_key!r} config in {CKPT_META})")
-    out: dict[str, Any] = {"meta": meta}
-    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM)):
-        if (folder / name).is_file():
-            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
-    return out
 
 
 def load_training_data(config) -> TrainingData:
@@ -139,13 +106,13 @@ def load_training_data(config) -> TrainingData:
 
 
 def run_training(config, family: str, data: TrainingData, loop: Callable[[dict], None],
-                 loop_config: Callable[..., dict], to_backmapper: Callable[[str, dict], Any],
+                 payload: dict[str, Any], to_backmapper: Callable[[str, dict], Any],
                  extra_params: dict[str, Any] | None = None) -> FitResult:
     """Train ``family`` on ``data`` with Ray Train and track it in MLflow (see the module docstring).
 
-    loop : the per-worker training function (``train_loop_per_worker``).
-    loop_config : ``(local_mode=, storage_dir=, has_validation=, run_id=, tracking_uri=) -> dict``,
-        the plain-data config of ``loop``.
+    loop : the per-worker training function (``train_loop_per_worker``); its ``train_loop_config``
+        is :func:`~finegrain.trainables.run_context.loop_config` of ``config`` and the run's context.
+    payload : the family's fitted data for the workers (plain JSON; ``RunContext.payload``).
     to_backmapper : ``(checkpoint folder, info dict) -> Backmapper`` for the final checkpoint.
     """
     import uuid
@@ -153,14 +120,16 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from finegrain.platform.services import tracking
     from finegrain.platform.services.stack import stack_home, tracking_uri
+    from finegrain.platform.services.tracking import Tracker
+    from finegrain.trainables.persistence import log_backmapper
     from finegrain.trainables.tune_hooks import tune_callbacks
 
     t, man, mapping, splits = config.training, data.manifest, data.mapping, data.splits
-    uri = run_id = None
+    uri = run_id = tracker = None
     if config.tracking.enabled:
         uri = tracking_uri()
+        tracker = Tracker(uri)
         tags = {"family": family, "dataset_digest": man.digest, "mapping": mapping.name, "system": man.system,
                 "data.shards": str(data.shards), "resumed_from": str(t.resume_from or "")}
         if config.tracking.parent_run_id:
@@ -168,18 +137,20 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
         params = {**config.flat(), "data.n_train_trajectories": len(splits["train"]),
                   "data.n_validation_trajectories": len(splits["validation"]), "data.n_frames": man.n_frames,
                   **(extra_params or {})}
-        run_id = tracking.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name,
-                                    uri=uri)
+        run_id = tracker.start_run(config.tracking.experiment, params, tags, run_name=config.tracking.run_name)
     try:
         work = Path(t.work_dir or stack_home() / "runs").resolve()
         name = f"{family}-{run_id}" if run_id else f"{family}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         local = t.num_workers == 0
         resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        ctx = RunContext(run_id=run_id, tracking_uri=uri, storage_dir=work / name, local_mode=local,
+                         has_validation="validation" in data.datasets,
+                         resume_from=Path(t.resume_from).resolve() if t.resume_from else None,
+                         n_atoms=man.n_atoms, n_beads=man.n_beads, system=man.system, mapping_name=mapping.name,
+                         payload=payload)
         trainer = TorchTrainer(
             loop,
-            train_loop_config=loop_config(local_mode=local, storage_dir=work / name,
-                                          has_validation="validation" in data.datasets, run_id=run_id,
-                                          tracking_uri=uri),
+            train_loop_config=loop_config(config, ctx),
             scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                          resources_per_worker=None if local else resources),
             run_config=RunConfig(name=name, storage_path=str(work), callbacks=tune_callbacks(),
@@ -199,25 +170,24 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
         folder = bm.save(work / name / "model")
         model_uri = None
         if run_id:
-            model_uri = tracking.log_backmapper(bm, name=config.tracking.model_name,
-                                                registered_model_name=config.tracking.register_as,
-                                                run_id=run_id, uri=uri)
-            tracking.end_run(run_id, uri=uri)
+            model_uri = log_backmapper(bm, tracker, run_id, name=config.tracking.model_name,
+                                       registered_model_name=config.tracking.register_as)
+            tracker.end_run(run_id)
     except BaseException:
         if run_id:
-            tracking.end_run(run_id, failed=True, uri=uri)
+            tracker.end_run(run_id, failed=True)
         raise
     return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)
 
 
-def report_step(step: int, metrics: dict[str, float], logger, loop_config: dict, rank: int,
+def report_step(step: int, metrics: dict[str, float], logger, ctx: RunContext, rank: int,
                 save_checkpoint: Callable[[Path], Any] | None = None) -> None:
     """Worker side: log ``metrics`` at ``step`` to MLflow (``logger``, rank 0) and report them to Ray Train.
 
     With ``save_checkpoint`` (writes a checkpoint into the folder it is
     given), rank 0 writes one and reports it. In-process runs
-    (``loop_config["local_mode"]``) have no controller to persist it, so it
-    is written straight into the run folder.
+    (``ctx.local_mode``) have no controller to persist it, so it is written
+    straight into the run folder (``ctx.storage_dir``).
     """
     import ray.train
 
@@ -229,8 +199,8 @@ def report_step(step: int, metrics: dict[str, float], logger, loop_config: dict,
         ray.train.report(metrics)
         return
     name = checkpoint_name(step)
-    if loop_config.get("local_mode"):
-        folder = Path(loop_config["storage_dir"]) / name
+    if ctx.local_mode:
+        folder = Path(ctx.storage_dir) / name
         save_checkpoint(folder)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
         return
@@ -253,34 +223,44 @@ class TrainWorker:
     """What every family's Ray Train worker shares: rank and world size, CPU threads, device,
     the step/epoch counters, restoring from a checkpoint, and reporting (MLflow on rank 0).
 
-    ``config`` is the plain-data loop config (keys n_atoms, n_beads, seed,
-    cpus_per_worker, use_gpu, resume_from, run_id, tracking_uri, local_mode,
-    storage_dir). A family builds its model and optimizer, then calls
-    :meth:`restore`.
+    ``config`` is the family's training config and ``ctx`` the run's
+    :class:`~finegrain.trainables.run_context.RunContext`, both validated
+    again from the ``train_loop_config`` (``parse_loop_config``). A family
+    builds its model and optimizer, then calls :meth:`restore`.
     """
 
-    def __init__(self, config: dict[str, Any]):
+    #: ``training.precision`` (set from the config; the class value serves a worker built without one)
+    precision: str = "32"
+
+    def __init__(self, config, ctx: RunContext):
         import ray.train
         import torch
 
         from finegrain.platform.services.cpu_memory import retain_freed_memory
 
-        self.c = config
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.n_atoms, self.n_beads = int(config["n_atoms"]), int(config["n_beads"])
-        if config.get("cpus_per_worker"):
-            torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+        self.config, self.ctx = config, ctx
+        t = config.training
+        self.precision = t.precision
+        train_ctx = ray.train.get_context()
+        self.rank, self.world = train_ctx.get_world_rank(), train_ctx.get_world_size()
+        self.n_atoms, self.n_beads = ctx.n_atoms, ctx.n_beads
+        if t.cpus_per_worker:
+            torch.set_num_threads(max(1, int(t.cpus_per_worker)))
         retain_freed_memory()  # batched CPU tensors reuse freed memory instead of page-faulting fresh maps
         self.device = torch.device("cpu")
-        if config.get("use_gpu") and torch.cuda.is_available():
+        if t.use_gpu and torch.cuda.is_available():
             self.device = ray.train.torch.get_device()
         self.step, self.epoch = 0, 0
         self.logger = None
-        if self.rank == 0 and config.get("run_id"):
-            from finegrain.platform.services.tracking import MetricLogger
+        if self.rank == 0 and ctx.run_id:
+            from finegrain.platform.services.tracking import Tracker
 
-            self.logger = MetricLogger(config["run_id"], config.get("tracking_uri"))
+            self.logger = Tracker(ctx.tracking_uri).metric_logger(ctx.run_id)  # this worker's tracker
+
+    @property
+    def seed(self) -> int:
+        """``training.seed``: the root of every worker's random streams."""
+        return self.config.training.seed
 
     def restore(self, model, optimizer, load_state: Callable[[Any], dict]) -> None:
         """Continue from Ray Train's checkpoint (a restarted group) or ``resume_from``; else start at 0.
@@ -289,7 +269,7 @@ class TrainWorker:
         """
         import ray.train
 
-        checkpoint, resume_from = ray.train.get_checkpoint(), self.c.get("resume_from")
+        checkpoint, resume_from = ray.train.get_checkpoint(), self.ctx.resume_from
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 ck = load_state(d)
@@ -316,7 +296,7 @@ class TrainWorker:
 
         import torch
 
-        if self.c.get("precision") != "bf16-mixed":
+        if self.precision != "bf16-mixed":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -324,11 +304,11 @@ class TrainWorker:
         """``model`` through ``torch.compile`` when ``training.compile`` (the step function, not the saved one)."""
         import torch
 
-        return torch.compile(model) if self.c.get("compile") else model
+        return torch.compile(model) if self.config.training.compile else model
 
     def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
-        report_step(self.step, metrics, self.logger, self.c, self.rank, save_checkpoint)
+        report_step(self.step, metrics, self.logger, self.ctx, self.rank, save_checkpoint)
 
     def train(self, max_steps: int, batch_size: int, desc: str, *, checkpoint_last: bool) -> None:
         """Epochs over the "train" shard until ``max_steps``: the loop every family shares.
@@ -344,7 +324,7 @@ class TrainWorker:
         import ray.train
         import torch
 
-        c = self.c
+        t = self.config.training
         shard = ray.train.get_dataset_shard("train")
         acc: dict[str, float] = {}
         n_acc, t_busy = 0, 0.0
@@ -353,8 +333,8 @@ class TrainWorker:
             n_batches, t0 = 0, time.perf_counter()
             for batch in shard.iter_torch_batches(
                     batch_size=batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
-                    local_shuffle_buffer_size=c.get("shuffle_buffer") or None,
-                    local_shuffle_seed=worker_seed(c["seed"], self.rank, self.epoch)):
+                    local_shuffle_buffer_size=self.config.data.shuffle_buffer or None,
+                    local_shuffle_seed=worker_seed(self.seed, self.rank, self.epoch)):
                 n_batches += 1
                 used = self.step
                 for k, v in self._train_step(batch).items():
@@ -365,9 +345,9 @@ class TrainWorker:
                 if bar is not None:
                     bar.update(1)
                 last = self.step == max_steps
-                log_now = self.step % c["log_every"] == 0 or last
-                eval_now = c.get("has_validation") and (self.step % c["eval_every"] == 0 or last)
-                ckpt_now = (last and checkpoint_last) or (self.step % c["checkpoint_every"] == 0 and not last)
+                log_now = self.step % t.log_every == 0 or last
+                eval_now = self.ctx.has_validation and (self.step % t.eval_every == 0 or last)
+                ckpt_now = (last and checkpoint_last) or (self.step % t.checkpoint_every == 0 and not last)
                 if log_now or eval_now or ckpt_now:
                     metrics = self._step_metrics({k: v / n_acc for k, v in acc.items()}, used)
                     metrics.update({"lr": self.opt.param_groups[0]["lr"], "epoch": float(self.epoch),
@@ -391,9 +371,9 @@ class TrainWorker:
 
     def progress(self, total: int, desc: str):
         """Rank 0's progress bar from the current step (tqdm in-process, Ray's tqdm in a worker group)."""
-        if self.rank != 0 or not self.c.get("progress"):
+        if self.rank != 0 or not self.config.training.progress:
             return None
-        if self.c.get("local_mode"):
+        if self.ctx.local_mode:
             from tqdm.auto import tqdm
 
             return tqdm(total=total, initial=self.step, desc=desc, unit="step")

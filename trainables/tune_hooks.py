@@ -21,10 +21,19 @@ VALIDATION_PREFIX = "val_"
 
 
 def in_tune_session() -> bool:
-    """True inside the process of a Ray Tune trial."""
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+    """True inside the process of a Ray Tune trial.
 
-    return bool(_in_tune_session())
+    Public API: ``ray.tune.get_context().get_trial_id()`` is the trial's id in a
+    trial's process and ``None`` elsewhere (where Ray also warns once that it
+    is meant for trials; that warning is silenced here).
+    """
+    import warnings
+
+    from ray import tune
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tune.get_context().get_trial_id() is not None
 
 
 def tune_callbacks() -> list:

@@ -25,6 +25,25 @@ from pathlib import Path
 
 from rich.console import Console
 
+from finegrain.datasets.ingest import ingest, sources_from_simulation
+from finegrain.datasets.shards import Manifest, read_frames
+from finegrain.datasets.simulate import SimulationConfig, simulate
+from finegrain.datasets.systems import get_system
+from finegrain.platform.apps.console import leaderboard_table, ranking_table, submit_job
+from finegrain.platform.apps.entropy_compare import small_adp_comparison
+from finegrain.platform.apps.evaluation import evaluate
+from finegrain.platform.apps.leaderboard import leaderboard, log_leaderboard
+from finegrain.platform.apps.serving import backmap_file_remote, serve_model
+from finegrain.platform.services.stack import LocalStack, connect_ray
+from finegrain.platform.services.tracking import Tracker
+from finegrain.sweeps.spec import SweepSpec
+from finegrain.trainables.baseline_fit import fit_baseline
+from finegrain.trainables.cvae.train import fit_detailed
+from finegrain.trainables.cvae.train_config import TrainConfig
+from finegrain.trainables.persistence import load_backmapper_any
+from finegrain.trainables.protocol import trainer_for
+
+
 __all__ = ["DemoConfig", "run_demo"]
 
 PACKAGE = Path(__file__).resolve().parents[2]  # the finegrain package (the repository root when editable)
@@ -51,18 +70,17 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     """Run every stage; return a dict of what was made."""
-    from finegrain.platform.services.stack import LocalStack, connect_ray
-
     console = console or Console()
     made: dict = {}
     console.rule("[bold]1. stack")
     st = LocalStack().up()
     console.print(f"MLflow {st.mlflow_uri}  |  Ray dashboard {st.dashboard_url}")
     connect_ray()
+    tracker = Tracker.connect(st.mlflow_uri)  # the demo's one tracker
     _simulate_and_ingest(cfg, console, made)
-    _train_and_backmap(cfg, console, made)
-    _baselines_and_leaderboard(cfg, console, made)
-    _sweep(cfg, console, made)
+    _train_and_backmap(cfg, console, made, tracker)
+    _baselines_and_leaderboard(cfg, console, made, tracker)
+    _sweep(cfg, console, made, tracker)
     _serve(cfg, console, made)
     _entropy(cfg, console, made)
     console.rule("[bold green]done")
@@ -73,11 +91,6 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
 
 def _simulate_and_ingest(cfg: DemoConfig, console: Console, made: dict) -> None:
     import mdtraj as md
-
-    from finegrain.datasets.ingest import ingest, sources_from_simulation
-    from finegrain.datasets.simulate import SimulationConfig, simulate
-    from finegrain.datasets.systems import get_system
-    from finegrain.datasets.shards import Manifest, read_frames
 
     console.rule("[bold]2. simulate")
     sims = {
@@ -110,15 +123,10 @@ def _simulate_and_ingest(cfg: DemoConfig, console: Console, made: dict) -> None:
     cg[0].save_pdb(str(made["cg_top"]))
 
 
-def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
+def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict, tracker) -> None:
     import mdtraj as md
 
-    from finegrain.platform.services.tracking import load_backmapper_any
-    from finegrain.trainables.cvae.train import fit_detailed
-    from finegrain.trainables.cvae.train_config import TrainConfig
-    from finegrain.trainables.protocol import trainer_for
-
-    console.rule("[bold]4. train the cVAE (paper 001), its frame-based ablation, a flow (seed 004) and an "
+    console.rule("[bold]4. train the cVAE (Shmilovich et al. 2022), its frame-based ablation, a flow (split-flows) and an "
                  "internal-coordinate model")
     base = [f"data.shards={made['shards_train']}", "data.fractions=[0.75, 0.25, 0.0]",
             f"training.max_steps={cfg.train_steps}", "training.num_workers=0", "training.log_every=50",
@@ -131,7 +139,7 @@ def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
         res = fit_detailed(TrainConfig.from_yaml(path, base + extra))
         made[f"model_{label}"] = res.model_uri
         console.print(f"{label}: {cfg.train_steps} steps, MLflow run {res.run_id}, model {res.model_uri}")
-    # the flow-matching family (seed 004) through the same protocol
+    # the flow-matching family (Hummerich et al., split-flows (2025)) through the same protocol
     config_cls, fit = trainer_for("flow")
     flow_sets = [s for s in base if not s.startswith(("model.", "training.max_steps"))]
     res = fit(config_cls.from_yaml(PACKAGE / "trainables" / "configs" / "adp_flow_smoke.yaml",
@@ -146,7 +154,7 @@ def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
                                                 f"training.checkpoint_every={cfg.ic_steps}"]))
     made["model_ic"] = res.model_uri
     console.print(f"ic: {cfg.ic_steps} steps, MLflow run {res.run_id}, model {res.model_uri}")
-    bm = load_backmapper_any(made["model_cvae"])
+    bm = load_backmapper_any(made["model_cvae"], tracker)
     cg = md.load(str(made["cg_traj"]), top=str(made["cg_top"]))
     out = cfg.workdir / "heldout_backmapped.pdb"
     bm.backmap(cg, seed=cfg.seed)[0].save(str(out))
@@ -154,48 +162,35 @@ def _train_and_backmap(cfg: DemoConfig, console: Console, made: dict) -> None:
                   f"({bm.topology.n_atoms} atoms)")
 
 
-def _baselines_and_leaderboard(cfg: DemoConfig, console: Console, made: dict) -> None:
-    from finegrain.platform.apps.cli.eval_cmds import leaderboard_table
-    from finegrain.platform.apps.evaluation import evaluate
-    from finegrain.platform.apps.leaderboard import leaderboard, log_leaderboard
-    from finegrain.trainables.baseline_fit import fit_baseline
-
+def _baselines_and_leaderboard(cfg: DemoConfig, console: Console, made: dict, tracker) -> None:
     console.rule("[bold]5. baselines, evaluation on the held-out replica, leaderboard")
     for family in ("nullspace", "em"):
-        _, made[f"model_{family}"] = fit_baseline(family, made["shards_train"], seed=cfg.seed)
+        _, made[f"model_{family}"] = fit_baseline(family, made["shards_train"], seed=cfg.seed, tracker=tracker)
         console.print(f"{family}: {made[f'model_{family}']}")
     made["model_zoo"] = f"zoo:{cfg.zoo_model}"  # shipped, trained on other simulations than this demo's
     for label in ("cvae", "cvae_frame_based", "flow", "ic", "zoo", "nullspace", "em"):
         res = evaluate(made[f"model_{label}"], made["shards_heldout"], out=cfg.workdir / "evaluation" / label,
-                       seed=cfg.seed)
+                       seed=cfg.seed, tracker=tracker)
         console.print(f"evaluated {label}: MLflow run {res.run_id}, report {res.report}")
-    made["leaderboard"] = leaderboard(cfg.system)
+    made["leaderboard"] = leaderboard(cfg.system, tracker)
     console.print(leaderboard_table(made["leaderboard"], cfg.system))
-    log_leaderboard(made["leaderboard"], cfg.system)
+    log_leaderboard(made["leaderboard"], cfg.system, tracker)
 
 
-def _sweep(cfg: DemoConfig, console: Console, made: dict) -> None:
-    from mlflow import MlflowClient
-
-    from finegrain.platform.apps.cli.sweep_cmds import submit_job
-    from finegrain.platform.services.stack import tracking_uri
-    from finegrain.sweeps.spec import SweepSpec
-
+def _sweep(cfg: DemoConfig, console: Console, made: dict, tracker) -> None:
     console.rule("[bold]6. smoke sweep through `ray job submit` (Tune + Optuna + ASHA)")
     spec = SweepSpec.load(PACKAGE / "sweeps" / "adp_cvae_smoke.yaml")
     rc = submit_job(["finegrain", "sweep", "sweeps/adp_cvae_smoke.yaml", "--set",
                      f"data.shards={made['shards_train']}"], working_dir=str(PACKAGE))
     if rc != 0:
         raise RuntimeError("the sweep job failed; its logs are above")
-    mv = MlflowClient(tracking_uri()).get_model_version_by_alias(spec.register_as, "champion")
+    mv = tracker.client.get_model_version_by_alias(spec.register_as, "champion")
     made["champion"] = f"models:/{spec.register_as}@champion"
     console.print(f"champion: {spec.register_as} v{mv.version} (run {mv.run_id}, "
                   f"{spec.metric} {float(mv.tags.get(f'metric.{spec.metric}', 'nan')):.6g})")
 
 
 def _serve(cfg: DemoConfig, console: Console, made: dict) -> None:
-    from finegrain.platform.apps.serving import backmap_file_remote, serve_model
-
     console.rule("[bold]7. serve the champion (Ray Serve) and backmap the CG file over HTTP")
     base = serve_model(made["champion"], host="127.0.0.1", port=cfg.serve_port)
     made["endpoint"] = base
@@ -205,10 +200,7 @@ def _serve(cfg: DemoConfig, console: Console, made: dict) -> None:
 
 
 def _entropy(cfg: DemoConfig, console: Console, made: dict) -> None:
-    from finegrain.platform.apps.cli.entropy_cmds import ranking_table
-    from finegrain.platform.apps.entropy_compare import small_adp_comparison
-
-    console.rule("[bold]8. mapping entropy: which CG mapping loses least? (flow models, seed 004)")
+    console.rule("[bold]8. mapping entropy: which CG mapping loses least? (flow models, split-flows)")
     made["entropy"] = small_adp_comparison(made["shards_entropy"], budget=cfg.entropy_steps,
                                            mappings=cfg.entropy_mappings, echo=console.print)
     console.print(ranking_table(made["entropy"].rows, cfg.system, cfg.entropy_steps))

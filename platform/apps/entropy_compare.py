@@ -47,6 +47,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from finegrain.platform.science.frames import Frames
+from finegrain.platform.services.tracking import Tracker
+
 __all__ = ["CompareConfig", "CompareResult", "compare_mappings", "remap_shards", "estimate_mapping",
            "ranked_rows", "plot_comparison", "small_adp_comparison", "check_unconstrained", "heldout_split",
            "nested_checks"]
@@ -208,7 +211,7 @@ def check_unconstrained(folder: str | Path, max_frames: int = 200) -> None:
 
     from finegrain.platform.science.metrics.entropy_checks import CONSTRAINED_STD_NM, fixed_length_xh_bonds
     from finegrain.datasets.shards import Manifest
-    from finegrain.platform.science.validation import InputError
+    from finegrain.platform.science.errors import InputError
 
     folder = Path(folder)
     man = Manifest.load(folder)
@@ -255,7 +258,7 @@ def heldout_split(man, fractions, seed: int, folder: str | Path = "") -> tuple[l
     trajectories, so there is no honest held-out set then.
     """
     from finegrain.datasets.shards import split_trajectories
-    from finegrain.platform.science.validation import InputError
+    from finegrain.platform.science.errors import InputError
 
     splits = split_trajectories(man, tuple(fractions), seed)
     for name in ("test", "validation"):
@@ -276,11 +279,13 @@ def _recorded_train_ids(backmapper) -> set[str] | None:
 
 
 # ----------------------------------------------------------------------------------------- estimators
-def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareConfig) -> dict[str, float]:
+def estimate_mapping(backmapper, heldout: Frames | dict, all_frames: Frames | dict,
+                     cfg: CompareConfig) -> dict[str, float]:
     """All estimators for one mapping: nats per frame and per atomistic dof (``*_per_dof``).
 
-    heldout / all_frames: :func:`~finegrain.datasets.shards.read_frames` columns
-    (aa_xyz_nm [F, N, 3], cg_xyz_nm [F, n, 3], energy_kj_mol [F]), sorted by
+    heldout / all_frames: :class:`~finegrain.platform.science.frames.Frames` (or
+    :func:`~finegrain.datasets.shards.read_frames` dicts) with aa_xyz_nm [F, N, 3],
+    cg_xyz_nm [F, n, 3] and, for all_frames, energy_kj_mol [F], sorted by
     (traj_id, frame).  ``h_cond_flow_ci_low/high``: block-bootstrap 95 % CI of
     the held-out bound (blocks of consecutive scored frames).  Energy
     variance: ``giulini_*`` report the k-doubling check (k, 2k, both values,
@@ -295,7 +300,11 @@ def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareCo
     assignment = backmapper.flow.geometry.assignment.cpu().numpy()
     dim = ent.fibre_dimension(c)
     rng = np.random.default_rng(cfg.seed)
-    aa, cg = heldout["aa_xyz_nm"], heldout["cg_xyz_nm"]
+    heldout, all_frames = Frames.from_dict(heldout), Frames.from_dict(all_frames)
+    for name, fr in (("heldout", heldout), ("all_frames", all_frames)):
+        if fr.aa_xyz_nm is None or fr.cg_xyz_nm is None:
+            raise ValueError(f"{name}: needs aa_xyz_nm [F, N, 3] and cg_xyz_nm [F, n, 3]")
+    aa, cg = heldout.aa_xyz_nm, heldout.cg_xyz_nm
     pick = np.sort(rng.permutation(len(aa))[: cfg.eval_frames])
     out: dict[str, float] = {"fibre_dim": float(dim), "n_eval_frames": float(len(pick))}
     msd = ent.anchor_msd(aa, cg, c, assignment)
@@ -305,14 +314,14 @@ def estimate_mapping(backmapper, heldout: dict, all_frames: dict, cfg: CompareCo
     _, lo, hi = block_bootstrap_ci(nll, n_blocks=20, seed=cfg.seed)
     out.update({"h_cond_flow": fl["h_cond"], "h_cond_flow_se": fl["h_cond_se"], "h_cond_flow_ci_low": lo,
                 "h_cond_flow_ci_high": hi, "smap_flow": fl["smap"], "msd_anchor_nm2": msd})
-    a_all, c_all = all_frames["aa_xyz_nm"], all_frames["cg_xyz_nm"]
+    a_all, c_all = all_frames.aa_xyz_nm, all_frames.cg_xyz_nm
     try:
         hg = ent.gaussian_bound_from_samples(a_all, c_all, c)
         out["h_cond_gauss"] = hg
         out["smap_gauss"] = ent.smap_maxent(hg, ent.anchor_msd(a_all, c_all, c, assignment), dim)
     except ValueError:  # too few frames for the fibre covariance
         out["h_cond_gauss"] = out["smap_gauss"] = float("nan")
-    energy = np.asarray(all_frames["energy_kj_mol"], dtype=np.float64)
+    energy = np.asarray(np.nan if all_frames.energy_kj_mol is None else all_frames.energy_kj_mol, dtype=np.float64)
     if np.all(np.isfinite(energy)) and energy.size >= 2:
         g = giulini_converged(energy, c_all, cfg.temperature_k, k_start=cfg.n_clusters, tol=cfg.giulini_tol,
                               seed=cfg.seed)
@@ -366,7 +375,7 @@ def plot_comparison(rows: list[dict[str, Any]]):
     by the doubling check (hatched: not converged, an upper bound); (c)
     H(X | Y) upper bounds (flow with its 95 % CI, Gaussian).
     """
-    from finegrain.platform.science.plots import new_figure
+    from finegrain.platform.science.metrics.plots import new_figure
 
     fig = new_figure(14, 4)
     ax1, ax2, ax3 = fig.subplots(1, 3)
@@ -422,10 +431,7 @@ def _reuse_key(train_cfg) -> str:
 
 def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) -> CompareResult:
     """Train (or reuse) one flow per mapping on the same AA frames, estimate, log to MLflow; see module doc."""
-    import mlflow
-
     from finegrain.datasets.systems import get_system
-    from finegrain.platform.services import tracking
     from finegrain.datasets.shards import Manifest, read_frames
     from finegrain.platform.services.stack import stack_home, tracking_uri
     from finegrain.trainables.flow.train import fit_detailed
@@ -440,13 +446,14 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
     held_ids, split, train_ids = heldout_split(man, tcfg0.data.fractions, tcfg0.data.seed, src)
     work = Path(cfg.work_dir or stack_home() / "entropy").resolve() / man.digest
     uri = tracking_uri()
-    parent = tracking.start_run(cfg.experiment, {"system": cfg.system, "mappings": ",".join(cfg.mappings),
+    tracker = Tracker(uri)
+    parent = tracker.start_run(cfg.experiment, {"system": cfg.system, "mappings": ",".join(cfg.mappings),
                                                  "budget": cfg.budget, "eval_frames": cfg.eval_frames,
                                                  "divergence": cfg.divergence, "n_probes": cfg.n_probes,
                                                  "n_clusters": cfg.n_clusters, "temperature_k": cfg.temperature_k,
                                                  "giulini_tol": cfg.giulini_tol, "heldout_split": split},
                                 {"dataset_digest": man.digest, "system": cfg.system, "kind": "entropy-compare"},
-                                run_name=f"compare-{cfg.system}", uri=uri)
+                                run_name=f"compare-{cfg.system}")
     rows, children, heldout_aa = [], {}, None
     try:
         for name, mapping in mappings.items():
@@ -455,18 +462,18 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
             model_dir = work / name / f"flow-{_reuse_key(tcfg)}"
             if cfg.reuse and (model_dir / "backmapper.json").is_file():
                 bm = load_backmapper(model_dir)
-                child = tracking.start_run(cfg.experiment, {**tcfg.flat(), "reused_model": str(model_dir)},
+                child = tracker.start_run(cfg.experiment, {**tcfg.flat(), "reused_model": str(model_dir)},
                                            {"mlflow.parentRunId": parent, "family": "flow", "mapping": name,
                                             "system": cfg.system, "dataset_digest": man.digest},
-                                           run_name=name, uri=uri)
-                tracking.end_run(child, uri=uri)
+                                           run_name=name)
+                tracker.end_run(child)
                 echo(f"{name}: reusing {model_dir}")
             else:
                 echo(f"{name}: training a flow ({cfg.budget} steps, {mapping.n_beads} beads)")
                 res = fit_detailed(tcfg)
                 bm, child = res.backmapper, res.run_id
                 bm.save(model_dir)
-            client = mlflow.MlflowClient(uri)
+            client = tracker.client
             client.set_tag(child, "mlflow.parentRunId", parent)
             client.set_tag(child, "aa_dataset_digest", man.digest)
             for key, val in (("n_beads", mapping.n_beads), ("comparison.mapping", name)):
@@ -478,9 +485,9 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
             if recorded is not None and recorded & set(held_ids):
                 raise RuntimeError(f"{name}: held-out trajectories {sorted(recorded & set(held_ids))} were "
                                    f"training data of {model_dir}")
-            fr_all = read_frames(shards)
-            heldout = read_frames(shards, held_ids)
-            heldout_aa = heldout["aa_xyz_nm"] if heldout_aa is None else heldout_aa
+            fr_all = Frames.from_dict(read_frames(shards), mapping=mapping)
+            heldout = Frames.from_dict(read_frames(shards, held_ids), mapping=mapping)
+            heldout_aa = heldout.aa_xyz_nm if heldout_aa is None else heldout_aa
             est = estimate_mapping(bm, heldout, fr_all, cfg)
             client.log_batch(child, metrics=[_metric(k, v) for k, v in est.items() if math.isfinite(v)])
             client.set_tag(child, "entropy.heldout_split", split)
@@ -506,12 +513,12 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
                  f"+- {c['margin']:.2f}: {verdict} ({c['coarse']})")
         for r in rows:
             r["under_trained"] = r["mapping"] in flagged
-            mlflow.MlflowClient(uri).set_tag(r["run_id"], "entropy.under_trained", str(r["under_trained"]).lower())
+            tracker.client.set_tag(r["run_id"], "entropy.under_trained", str(r["under_trained"]).lower())
         rows = ranked_rows(rows)
-        plot_path, table_path = _log_parent(parent, rows, uri, checks, flagged)
-        tracking.end_run(parent, uri=uri)
+        plot_path, table_path = _log_parent(parent, rows, tracker, checks, flagged)
+        tracker.end_run(parent)
     except BaseException:
-        tracking.end_run(parent, failed=True, uri=uri)
+        tracker.end_run(parent, failed=True)
         raise
     return CompareResult(rows, parent, plot_path, table_path, children)
 
@@ -524,13 +531,11 @@ def _metric(key: str, value: float):
     return Metric(key, float(value), int(time.time() * 1000), 0)
 
 
-def _log_parent(parent: str, rows: list[dict], uri: str, checks: list[dict] = (),
+def _log_parent(parent: str, rows: list[dict], tracker: Tracker, checks: list[dict] = (),
                 flagged: list[str] = ()) -> tuple[Path, Path]:
     import tempfile
 
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
+    client = tracker.client
     tmp = Path(tempfile.mkdtemp(prefix="entropy-compare-"))
     fig = plot_comparison(rows)
     plot = tmp / "mapping_entropy.png"

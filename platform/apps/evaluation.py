@@ -5,7 +5,8 @@
 to the mapped reference (in-distribution test) and may be a separate CG
 trajectory (generalization test, e.g. from a CG force field). Every model
 family goes through the same ``Backmapper.backmap_xyz``; metrics come from
-:func:`finegrain.platform.science.metrics.evaluate_frames`. Results go to one MLflow
+:func:`finegrain.platform.science.metrics.evaluate_frames`, on reference and backmapped
+:class:`~finegrain.platform.science.frames.Frames` built (and checked) once. Results go to one MLflow
 run (experiment ``finegrain-evaluation``) tagged with the model's run id and
 the data set hash, and to ``OUT/report.json`` + ``OUT/*.png``.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from finegrain.platform.science import plots
+from finegrain.platform.services.tracking import Tracker
+from finegrain.platform.science.frames import Frames
+from finegrain.platform.science.metrics import plots
 from finegrain.platform.science.metrics.floors import N_BOOTSTRAP, score_with_floor
 from finegrain.platform.science.metrics.landscape import MIN_FES_FRAMES
 
@@ -59,7 +62,8 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
     import mdtraj as md
 
     from finegrain.datasets.shards import Manifest, read_frames
-    from finegrain.platform.science.validation import InputError, check_units_nm, check_xyz
+    from finegrain.platform.science.errors import InputError
+    from finegrain.platform.science.validation import check_units_nm, check_xyz
 
     path = Path(reference)
     if split not in ("all", "train", "validation", "test"):
@@ -123,12 +127,12 @@ def _energy_fn(system: str):
     """Batched float64 torch energies of a reference system, or None when it is not one."""
     import torch
 
-    from finegrain.datasets.systems import available_systems
+    from finegrain.datasets.systems import available_systems, get_system
     from finegrain.platform.science.energies import energy_model
 
     if system not in available_systems():
         return None
-    model = energy_model(system, backend="torch", dtype=torch.float64)
+    model = energy_model(get_system(system), backend="torch", dtype=torch.float64)
 
     def fn(xyz: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -136,6 +140,14 @@ def _energy_fn(system: str):
                                    for i in range(0, len(xyz), 1024)])
 
     return fn
+
+
+def _with_energies(frames: Frames, energy_fn) -> Frames:
+    """``frames`` with ``energy_fn``'s energies [T] kJ/mol where none is known (absent or all NaN)."""
+    e = frames.energy_kj_mol
+    if e is not None and not np.all(np.isnan(np.asarray(e, np.float64))):
+        return frames
+    return replace(frames, energy_kj_mol=energy_fn(np.asarray(frames.aa_xyz_nm, np.float64)))
 
 
 def _system_settings(system: str, lag_ps: float | None) -> dict:
@@ -148,15 +160,11 @@ def _system_settings(system: str, lag_ps: float | None) -> dict:
     return settings
 
 
-def _model_run_id(model: str) -> str | None:
+def _model_run_id(model: str, tracker: Tracker | None) -> str | None:
     if model.startswith("runs:/"):
         return model.split("/")[1]
-    if model.startswith("models:/"):
-        from mlflow import MlflowClient
-
-        from finegrain.platform.services.stack import tracking_uri
-
-        client, spec = MlflowClient(tracking_uri()), model[len("models:/"):]
+    if model.startswith("models:/") and tracker is not None:
+        client, spec = tracker.client, model[len("models:/"):]
         name, _, alias = spec.partition("@")
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(*spec.split("/"))
         return mv.run_id
@@ -165,11 +173,14 @@ def _model_run_id(model: str) -> str | None:
 
 def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None, cg: str | Path | None = None,
              cg_top: str | Path | None = None, samples: int = 1, seed: int = 0, out: str | Path | None = None,
-             experiment: str = EVAL_EXPERIMENT, system: str | None = None, log: bool = True,
+             experiment: str = EVAL_EXPERIMENT, system: str | None = None, tracker: Tracker | None = None,
              lag_ps: float | None = None, split: str = "all", min_frames: int = MIN_FES_FRAMES,
              bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None,
              refine: int = 0) -> EvalResult:
     """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
+
+    tracker : where the evaluation is logged as an MLflow run and model URIs are resolved (None: nothing is
+    logged, and ``model`` must be a folder or ``zoo:NAME``).
 
     split : "all" trajectories of a shard reference, or the model's own "train", "validation" or
     "test" trajectories as recorded when it was trained (InputError naming ``--split`` when the
@@ -181,29 +192,34 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     floor_reference : an independent reference run (shard folder or trajectory) for the noise
     floors; default: the two halves of ``reference``
     (:mod:`finegrain.platform.science.metrics.floors`).
-    refine : steps of restrained minimisation (:mod:`finegrain.platform.science.refine`) after backmapping;
+    refine : steps of restrained minimisation (:mod:`finegrain.trainables.refine`) after backmapping;
     the result is its own leaderboard row (``LABEL+refineN``), timed with the backmapping.
     """
     import mdtraj as md
 
     from finegrain.platform.science.metrics import evaluate_frames
-    from finegrain.platform.services.tracking import load_backmapper_any
-    from finegrain.platform.science.validation import InputError
+    from finegrain.trainables.persistence import load_backmapper_any
+    from finegrain.platform.science.errors import InputError
 
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
-    bm = load_backmapper_any(model)
+    bm = load_backmapper_any(model, tracker)
     record = None
     if split != "all":
         record = bm.recorded_split()
         if record is None:
             raise InputError(f"--split {split}: model {model} has no recorded training split (saved before splits "
                              f"were recorded?); retrain it, or use --split all with a held-out shard folder")
-    ref = load_reference(reference, bm.mapping, top, split=split, split_record=record)
-    system = system or ref["system"]
+    loaded = load_reference(reference, bm.mapping, top, split=split, split_record=record)
+    system = system or loaded["system"]
+    constraints, data_hash = loaded.get("constraints"), loaded["data_hash"]
+    try:  # checked once here, then passed down
+        ref = Frames.from_dict(loaded, topology=bm.topology, mapping=bm.mapping)
+    except InputError as exc:
+        raise InputError(f"reference {reference}: {exc}") from exc
     if cg is None:
-        cg_xyz, cg_tid, kind = ref["cg_xyz_nm"], ref["traj_id"], "in-distribution"
-        cg_hash = ref["data_hash"]
+        cg_xyz, cg_tid, kind = ref.cg_xyz_nm, ref.traj_id, "in-distribution"
+        cg_hash = data_hash
     else:
         if cg_top is None:
             raise ValueError("cg: a CG trajectory needs --cg-top")
@@ -215,45 +231,46 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
     label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
     if refine:
-        from finegrain.platform.science.refine import refine as refine_frames, refined_label
+        from finegrain.trainables.refine import refine as refine_frames, refined_label
 
         t0 = time.perf_counter()
         samples_xyz = refine_frames(samples_xyz, np.asarray(cg_xyz, np.float64), bm.mapping, system, refine)
         seconds += time.perf_counter() - t0
         label = refined_label(label, refine)
-    backmapped = {"aa_xyz_nm": samples_xyz[0], "cg_xyz_nm": cg_xyz, "traj_id": cg_tid,
-                  "samples": samples_xyz if samples > 1 else None}
-    if cg is not None:
-        backmapped["time_ps"] = np.asarray(cg_traj.time, np.float64)
-    backmapped = {k: v for k, v in backmapped.items() if v is not None}
+    try:
+        backmapped = Frames(aa_xyz_nm=samples_xyz[0], cg_xyz_nm=cg_xyz, traj_id=cg_tid,
+                            time_ps=None if cg is None else np.asarray(cg_traj.time, np.float64),
+                            samples=samples_xyz if samples > 1 else None, topology=bm.topology, mapping=bm.mapping)
+    except InputError as exc:
+        raise InputError(f"backmapped frames of {model}: {exc}") from exc
     settings = _system_settings(system, lag_ps)
     energy_fn = _energy_fn(system)
-    for d in (ref, backmapped):  # once here, so bootstrap replicates resample energies instead of recomputing
-        if energy_fn is not None and np.all(np.isnan(np.asarray(d.get("energy_kj_mol", np.nan), np.float64))):
-            d["energy_kj_mol"] = energy_fn(np.asarray(d["aa_xyz_nm"], np.float64))
+    if energy_fn is not None:  # once here, so bootstrap replicates resample energies instead of recomputing
+        ref, backmapped = (_with_energies(f, energy_fn) for f in (ref, backmapped))
     try:
         metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, seed=seed, min_frames=min_frames,
-                                           constraints=ref.get("constraints"), **settings)
+                                           constraints=constraints, **settings)
     except ValueError as exc:
         if "min_frames" in str(exc):
             raise InputError(f"reference {reference}: {exc}".replace("min_frames / --min-frames", "--min-frames"))
         raise
 
-    def score(r: dict, b: dict) -> dict[str, float]:
+    def score(r: Frames, b: Frames) -> dict[str, float]:
         return evaluate_frames(r, b, bm.topology, bm.mapping, seed=seed, make_figures=False,
-                               constraints=ref.get("constraints"), **settings)[0]
+                               constraints=constraints, **settings)[0]
 
-    second = None if floor_reference is None else load_reference(floor_reference, bm.mapping, top)
+    second = None if floor_reference is None else Frames.from_dict(
+        load_reference(floor_reference, bm.mapping, top), topology=bm.topology, mapping=bm.mapping)
     metrics = score_with_floor(score, ref, backmapped, second_reference=second, n_boot=bootstrap, seed=seed,
                                estimate=metrics)
     metrics["frames_per_s"] = samples_xyz.shape[0] * samples_xyz.shape[1] / max(seconds, 1e-9)
     figures["score_vs_floor"] = plots.plot_scores_vs_floors(metrics, FLOOR_PLOT_METRICS)
-    tags = {"model_uri": model, "model_run_id": _model_run_id(model) or "", "family": bm.family,
+    tags = {"model_uri": model, "model_run_id": _model_run_id(model, tracker) or "", "family": bm.family,
             "temporal": str(not bm.frames_independent).lower(), "floor": "independent run" if second else "halves",
-            "model_label": label, "refine_steps": str(int(refine)), "system": system, "mapping": bm.mapping.name, "data_hash": ref["data_hash"],
+            "model_label": label, "refine_steps": str(int(refine)), "system": system, "mapping": bm.mapping.name, "data_hash": data_hash,
             "cg_hash": cg_hash, "evaluation": kind, "split": split}
     report = _write_report(out, metrics, tags, figures) if out is not None else None
-    run_id = _log(experiment, metrics, tags, figures, report, samples) if log else None
+    run_id = _log(tracker, experiment, metrics, tags, figures, report, samples) if tracker is not None else None
     return EvalResult(metrics=metrics, run_id=run_id, report=report, figures=figures)
 
 
@@ -267,14 +284,11 @@ def _write_report(out, metrics, tags, figures) -> Path:
     return path
 
 
-def _log(experiment, metrics, tags, figures, report, samples) -> str:
-    """One MLflow run of the evaluation (through a client on the stack's URI: no process-wide state)."""
-    from mlflow import MlflowClient
+def _log(tracker: Tracker, experiment, metrics, tags, figures, report, samples) -> str:
+    """One MLflow run of the evaluation (through the caller's tracker: no process-wide state)."""
     from mlflow.entities import Metric, Param
 
-    from finegrain.platform.services.stack import tracking_uri
-
-    client = MlflowClient(tracking_uri())
+    client = tracker.client
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     name = f"eval-{tags['model_label']}-{tags['system']}-{tags['evaluation']}"

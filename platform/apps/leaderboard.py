@@ -20,6 +20,11 @@ from __future__ import annotations
 import json
 import math
 
+from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT
+from finegrain.platform.science.metrics import plots
+from finegrain.platform.services.tracking import Tracker
+
+
 __all__ = ["COMPOSITE_TERMS", "TEMPORAL_TERMS", "composite_score", "leaderboard", "leaderboard_text",
            "log_leaderboard"]
 
@@ -49,7 +54,7 @@ def composite_score(metrics: dict, temporal: bool) -> tuple[float, dict[str, flo
     return (sum(parts.values()) / len(parts) if parts else math.nan), parts
 
 
-def leaderboard(system: str, experiment: str | None = None, data_hash: str | None = None,
+def leaderboard(system: str, tracker: Tracker, experiment: str | None = None, data_hash: str | None = None,
                 evaluation: str | None = None) -> list[dict]:
     """Latest evaluation of every model label on the same data (MLflow ``search_runs``), best first.
 
@@ -57,12 +62,7 @@ def leaderboard(system: str, experiment: str | None = None, data_hash: str | Non
     Rows: {model_label, family, temporal, run_id, model_uri, data_hash, composite, terms, and each
     SHOWN metric with its ``_floor`` (None where not logged)}.
     """
-    from mlflow import MlflowClient
-
-    from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT
-    from finegrain.platform.services.stack import tracking_uri
-
-    client = MlflowClient(tracking_uri())
+    client = tracker.client
     exp = client.get_experiment_by_name(experiment or EVAL_EXPERIMENT)
     if exp is None:
         return []
@@ -127,18 +127,13 @@ def leaderboard_text(rows: list[dict], system: str) -> str:
     return "\n".join(lines)
 
 
-def log_leaderboard(rows: list[dict], system: str, experiment: str | None = None) -> str | None:
+def log_leaderboard(rows: list[dict], system: str, tracker: Tracker, experiment: str | None = None) -> str | None:
     """Log the leaderboard (leaderboard.txt, leaderboard.json, plots/leaderboard.png) as one MLflow run named
     ``leaderboard-<system>`` in the evaluation experiment; returns its run id (None without rows)."""
-    import mlflow
-
-    from finegrain.platform.science import plots
-    from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT
-    from finegrain.platform.services.stack import tracking_uri
 
     if not rows:
         return None
-    client = mlflow.MlflowClient(tracking_uri())
+    client = tracker.client
     name = experiment or EVAL_EXPERIMENT
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)

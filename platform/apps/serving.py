@@ -26,157 +26,24 @@ from __future__ import annotations
 import socket
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.apps.serving_app import BackmapServer
+from finegrain.platform.apps.serving_config import ModelRef, ServeSettings, model_info, resolve_model
+from finegrain.platform.science.errors import FinegrainError
+from finegrain.platform.services.stack import LocalStack, connect_ray, tracking_uri
 
 __all__ = [
     "APP_NAME", "ServeSettings", "ModelRef", "EndpointError", "resolve_model", "model_info", "build_app",
-    "serve_model", "shutdown", "wait_ready", "backmap_remote", "backmap_file_remote", "free_port",
+    "serve_model", "serve_http_address", "shutdown", "wait_ready", "backmap_remote", "backmap_file_remote",
+    "free_port",
 ]
 
 APP_NAME = "finegrain"
 
 
-class EndpointError(ValueError):
+class EndpointError(FinegrainError, ValueError):
     """A backmapping server that cannot be reached, or that refused the request (message from the server)."""
-
-
-class ServeSettings(BaseModel):
-    """Arguments of the Serve application (``args:`` in a Serve config YAML)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="Model URI: models:/NAME@alias, models:/NAME/V, runs:/ID/model, or a model folder.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI / the stack).")
-    reload: bool = Field(False, description="Follow the registry alias: switch versions when it moves.")
-    poll_s: float = Field(30.0, gt=0, description="Seconds between alias checks when reload is on.")
-    replicas: int = Field(1, ge=1, description="Serve replicas.")
-    cpus_per_replica: float = Field(1.0, gt=0, description="Ray CPUs reserved per replica.")
-    max_frames: int = Field(10_000, ge=1, description="Most output frames (samples x CG frames) per request.")
-    max_samples: int = Field(64, ge=1, description="Most samples per request.")
-    max_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body, bytes.")
-    max_batch_size: int = Field(16, ge=1, description="Requests batched on a replica (1: no batching).")
-    batch_wait_s: float = Field(0.005, ge=0, description="How long a batch waits to fill, seconds.")
-    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests per replica.")
-    bead_spacing_nm: tuple[float, float] = Field(
-        (0.05, 1.0), description="Accepted median nearest-bead distance, nm (outside: coordinates not in nm).")
-
-    @model_validator(mode="after")
-    def _check(self) -> "ServeSettings":
-        lo, hi = self.bead_spacing_nm
-        if not 0 < lo < hi:
-            raise ValueError(f"bead_spacing_nm: expected 0 < low < high, got {self.bead_spacing_nm}")
-        if self.reload and not _alias_parts(self.model):
-            raise ValueError(f"reload: needs a models:/NAME@alias model URI, got {self.model!r}")
-        return self
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model to load: ``source`` as given; ``uri`` pins the registry version when there is one."""
-
-    source: str
-    uri: str
-    name: str | None = None
-    alias: str | None = None
-    version: str | None = None
-    run_id: str | None = None
-    tags: dict = field(default_factory=dict)  # the registry version's tags
-
-
-def _alias_parts(model: str) -> tuple[str, str] | None:
-    if not model.startswith("models:/") or "@" not in model:
-        return None
-    name, _, alias = model[len("models:/"):].partition("@")
-    return (name, alias) if name and alias else None
-
-
-def _mlflow(tracking: str | None):
-    from mlflow import MlflowClient
-
-    from finegrain.platform.services.stack import tracking_uri
-
-    return MlflowClient(tracking_uri=tracking or tracking_uri())
-
-
-def resolve_model(model: str, tracking: str | None = None) -> ModelRef:
-    """Resolve a registry alias to its current version (``models:/NAME@A`` -> ``models:/NAME/V``).
-
-    Other URIs and folders come back unchanged (no name or version).
-    Raises InputError naming ``model`` when the name, alias or version is unknown.
-    """
-    from mlflow.exceptions import MlflowException
-
-    if model.startswith("zoo:"):  # a shipped model: checked now, so a wrong name fails before anything starts
-        from finegrain.platform.apps import zoo
-
-        zoo.folder(model)
-        return ModelRef(source=model, uri=model)
-    if not model.startswith(("runs:/", "models:/")):
-        return ModelRef(source=model, uri=model)
-    spec = model[len("models:/"):]
-    alias_parts = _alias_parts(model)
-    try:
-        client = _mlflow(tracking)
-        if model.startswith("runs:/"):
-            run_id = model.split("/")[1]
-            return ModelRef(source=model, uri=model, run_id=client.get_run(run_id).info.run_id)
-        if alias_parts:
-            name, alias = alias_parts
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, version = spec.partition("/")
-            alias, mv = None, client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise InputError(f"model: {model}: not found in MLflow ({exc.message})") from exc
-    return ModelRef(source=model, uri=f"models:/{mv.name}/{mv.version}", name=mv.name, alias=alias,
-                    version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
-
-
-def model_info(ref: ModelRef, backmapper, tracking: str | None = None) -> dict:
-    """What ``GET /model`` reports: registry identity, mapping, training data hash, evaluation metrics.
-
-    The data hash is the training run's ``data_hash`` (or ``dataset_digest``) tag, else the
-    version's. ``selection_metrics``: the figures the registry promoted the version by
-    (version tags ``metric.<name>``, see :mod:`finegrain.platform.services.registry`);
-    ``evaluation``: the newest run of the evaluation experiment tagged with the
-    model's run id (None when it was never evaluated).
-    """
-    from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT, KEY_METRICS
-
-    info = {
-        "name": ref.name, "version": ref.version, "alias": ref.alias, "uri": ref.uri, "source": ref.source,
-        "run_id": ref.run_id, "family": backmapper.family, "label": backmapper.label,
-        "mapping": backmapper.mapping.name, "bead_names": list(backmapper.mapping.bead_names),
-        "n_beads": backmapper.mapping.n_beads, "n_atoms": int(backmapper.topology.n_atoms),
-        "data_hash": ref.tags.get("data_hash"), "evaluation": None,
-        "selection_metrics": {k[len("metric."):]: _number(v) for k, v in ref.tags.items() if k.startswith("metric.")},
-    }
-    if ref.run_id is None:
-        return info
-    client = _mlflow(tracking)
-    tags = client.get_run(ref.run_id).data.tags
-    info["data_hash"] = tags.get("data_hash") or tags.get("dataset_digest") or info["data_hash"]
-    exp = client.get_experiment_by_name(EVAL_EXPERIMENT)
-    if exp is not None:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.model_run_id = '{ref.run_id}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            run = runs[0]
-            info["evaluation"] = {"run_id": run.info.run_id, "kind": run.data.tags.get("evaluation"),
-                                  "metrics": {k: run.data.metrics[k] for k in KEY_METRICS if k in run.data.metrics}}
-    return info
-
-
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def build_app(args):
@@ -185,7 +52,6 @@ def build_app(args):
     ``args``: a :class:`ServeSettings` or its dict (the ``args:`` of a Serve config).
     """
     settings = args if isinstance(args, ServeSettings) else ServeSettings.model_validate(dict(args or {}))
-    from finegrain.platform.apps.serving_app import BackmapServer
 
     return BackmapServer.options(
         num_replicas=settings.replicas,
@@ -204,7 +70,6 @@ def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8000, repli
     application. Serve's HTTP address is fixed while Serve runs: asking for
     another one raises ValueError (call :func:`shutdown` first).
     """
-    from finegrain.platform.services.stack import connect_ray, tracking_uri
 
     if not 0 < port < 65536:
         raise ValueError(f"port: expected 1-65535, got {port}")
@@ -217,12 +82,11 @@ def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8000, repli
     resolve_model(cfg.model, cfg.tracking_uri)  # fail here, not in a replica, on an unknown model
     connect_ray()
     from ray import serve
-    from ray.serve.context import _get_global_client
 
-    serve.start(http_options={"host": host, "port": port})
-    running = _get_global_client().http_config
-    if (running.host, running.port) != (host, port):
-        raise ValueError(f"port: Serve already listens on {running.host}:{running.port} in this Ray cluster "
+    serve.start(http_options={"host": host, "port": port})  # a running Serve keeps its address (Ray only warns)
+    running_host, running_port = serve_http_address()
+    if (running_host, running_port) != (host, port):
+        raise ValueError(f"port: Serve already listens on {running_host}:{running_port} in this Ray cluster "
                          "(stop it first: `finegrain serve --stop`)")
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -230,10 +94,26 @@ def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8000, repli
     return base
 
 
+def serve_http_address(timeout_s: float = 30.0) -> tuple[str, int]:
+    """``(host, port)`` the running Serve's HTTP proxies listen on, in the stack's Ray cluster.
+
+    Public API: Serve's REST API, ``GET /api/serve/applications/`` on the Ray
+    dashboard (its ``http_options`` is a ``ray.serve.schema.HTTPOptionsSchema``),
+    with the stack's auth token. (``serve.status()`` leaves the HTTP options out.)
+    """
+    import requests
+
+    st = LocalStack().require()
+    token = Path(st.token_path).read_text().strip()
+    r = requests.get(f"{st.dashboard_url}/api/serve/applications/", headers={"Authorization": f"Bearer {token}"},
+                     timeout=timeout_s)
+    r.raise_for_status()
+    opts = r.json().get("http_options") or {}
+    return opts.get("host", "0.0.0.0"), int(opts.get("port", 8000))  # HTTPOptionsSchema's defaults
+
+
 def shutdown() -> None:
     """Stop Serve (every application and its HTTP proxy) on the stack's Ray cluster."""
-    from finegrain.platform.services.stack import connect_ray
-
     connect_ray()
     from ray import serve
 

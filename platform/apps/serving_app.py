@@ -38,9 +38,13 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException  # also FastAPI's subclass, 404s and form errors
 
+from finegrain.platform.apps.serving_config import ModelRef, ServeSettings, model_info, resolve_model
+from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.mapping import MappingError
-from finegrain.platform.apps.serving import ModelRef, ServeSettings, model_info, resolve_model
-from finegrain.platform.science.validation import InputError, check_units_nm, check_xyz
+from finegrain.platform.science.validation import check_units_nm, check_xyz
+from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.persistence import load_backmapper_any
+from finegrain.trainables.refine import refine
 
 __all__ = ["BackmapServer", "Served", "Job", "run_jobs", "check_bead_spacing", "RequestError", "OUT_FORMATS"]
 
@@ -73,10 +77,8 @@ class Served:
 
     @classmethod
     def load(cls, settings: ServeSettings, ref: ModelRef | None = None) -> "Served":
-        from finegrain.platform.services.tracking import load_backmapper_any
-
         ref = ref or resolve_model(settings.model, settings.tracking_uri)
-        bm = load_backmapper_any(ref.uri, settings.tracking_uri)
+        bm = load_backmapper_any(ref.uri, Tracker(settings.tracking_uri) if settings.tracking_uri else None)
         atoms = list(bm.topology.atoms)
         info = model_info(ref, bm, settings.tracking_uri)
         info["atom_names"] = [a.name for a in atoms]
@@ -145,8 +147,6 @@ def run_jobs(jobs: list[Job]) -> list:
 
 
 def _refine(job: Job, xyz: np.ndarray):
-    from finegrain.platform.science.refine import refine
-
     bm = job.served.backmapper
     try:
         return refine(xyz, job.cg, bm.mapping, bm.system_name, job.refine)

@@ -1,12 +1,11 @@
 """Shipped pretrained backmappers (``zoo:NAME``) and the recipes that reproduce them.
 
-Each model is a ``Backmapper.save`` folder inside the package
-(``trainables/zoo/NAME/``: ``backmapper.json``, ``topology.pdb``,
-``weights.pt`` with tensors only) plus ``card.json``, its model card: the
-recipe, the data hash and split, the held-out scores with their floors and
-95 % intervals, the training wall-clock and the command that reproduces it.
-``zoo:NAME`` works wherever a model is asked for (``finegrain backmap``,
-``evaluate``, ``serve``), offline.
+Each model is a ``Backmapper.save`` folder inside the package plus its model
+card (:mod:`finegrain.trainables.shipped`): the recipe, the data hash and
+split, the held-out scores with their floors and 95 % intervals, the
+training wall-clock and the command that reproduces it. ``zoo:NAME`` works
+wherever a model is asked for (``finegrain backmap``, ``evaluate``,
+``serve``), offline.
 
 A recipe (``trainables/zoo/recipes.yaml``) says how a model is made from
 nothing: simulate training replicas and a separate held-out replica (new
@@ -25,13 +24,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from finegrain.platform.science.validation import InputError
+from finegrain.datasets.ingest import ingest, sources_from_simulation
+from finegrain.datasets.simulate import SimulationConfig, simulate
+from finegrain.datasets.systems import get_system
+from finegrain.platform.apps.evaluation import evaluate
+from finegrain.platform.science.errors import InputError
+from finegrain.trainables.protocol import trainer_for
+from finegrain.trainables.shipped import CARD, PREFIX, ZOO, card, folder, names
 
 __all__ = ["ZOO", "PREFIX", "Recipe", "names", "folder", "card", "recipes", "build", "compare", "HEADLINE"]
 
-ZOO = Path(__file__).resolve().parents[2] / "trainables" / "zoo"
-PREFIX = "zoo:"
-CARD = "card.json"
 RECIPES = "recipes.yaml"
 #: the scores a card lists (value, floor, 95 % interval) and ``compare`` checks
 HEADLINE = ("rmsd_cg_nm", "js_bonds", "js_angles", "clash_fraction", "w1_energy_kj_mol", "energy_p99_excess_kj_mol",
@@ -73,36 +75,10 @@ def recipes(path: Path | None = None) -> dict[str, Recipe]:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def names() -> list[str]:
-    """The shipped models (folders with a card)."""
-    return sorted(p.parent.name for p in ZOO.glob(f"*/{CARD}"))
-
-
-def folder(name: str) -> Path:
-    """The model folder of ``name`` (``zoo:`` prefix allowed); InputError listing the names when unknown."""
-    name = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    path = ZOO / name
-    if not name or "/" in name or not (path / CARD).is_file():
-        known = ", ".join(names()) or "none"
-        raise InputError(f"model: zoo:{name} is not a shipped model (known: {known}; `finegrain zoo` lists them)")
-    return path
-
-
-def card(name: str) -> dict[str, Any]:
-    """The model card of ``name``."""
-    return json.loads((folder(name) / CARD).read_text())
-
-
 def build(name: str, out: Path, workdir: Path, console=None) -> dict[str, Any]:
     """Make zoo model ``name`` from its recipe: simulate, ingest, train, evaluate; write it and its card to
     ``out/NAME``. Needs the local stack (``finegrain stack up``). Returns the card."""
     import shutil
-
-    from finegrain.datasets.ingest import ingest, sources_from_simulation
-    from finegrain.datasets.simulate import SimulationConfig, simulate
-    from finegrain.datasets.systems import get_system
-    from finegrain.platform.apps.evaluation import evaluate
-    from finegrain.trainables.protocol import trainer_for
 
     def say(text: str) -> None:
         if console is None:
@@ -141,7 +117,7 @@ def build(name: str, out: Path, workdir: Path, console=None) -> dict[str, Any]:
     result = fit(config)
     train_s = time.perf_counter() - t0
     say(f"[{name}] evaluate on the held-out replica")
-    ev = evaluate(str(result.model_folder), shards["heldout"], out=workdir / "evaluation", log=False)
+    ev = evaluate(str(result.model_folder), shards["heldout"], out=workdir / "evaluation")
     dest = Path(out) / name
     if dest.exists():
         shutil.rmtree(dest)

@@ -16,7 +16,7 @@ Spec language (YAML or dict), one of three forms::
 ``weights`` is ``mass`` (centre of mass), ``geometry`` (centre of geometry,
 the default) or a list of numbers (normalised to sum to one).
 
-Seed 000: for a full-row-rank C, the pseudo-inverse C+ and an orthonormal
+The linear-map view of backmapping: for a full-row-rank C, the pseudo-inverse C+ and an orthonormal
 basis N of ker C give every point of the fibre M^-1(y) as x = C+ y + N eta.
 """
 
@@ -28,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from finegrain.platform.science.errors import FinegrainError
+
 __all__ = ["CGMapping", "MappingError"]
 
 
-class MappingError(ValueError):
+class MappingError(FinegrainError, ValueError):
     """A mapping spec that cannot be applied to a topology."""
 
 
@@ -153,7 +155,7 @@ class CGMapping:
         return np.linalg.pinv(self.matrix)
 
     def null_space(self) -> np.ndarray:
-        """Orthonormal basis of ker C, [n_atoms, n_atoms - rank(C)] (seed 000)."""
+        """Orthonormal basis of ker C, [n_atoms, n_atoms - rank(C)]: x = C+ y + N eta spans the fibre."""
         _, s, vt = np.linalg.svd(self.matrix)
         rank = int(np.sum(s > s.max() * max(self.matrix.shape) * np.finfo(float).eps))
         return vt[rank:].T.copy()

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["InputError", "check_xyz", "check_units_nm", "median_bond_length_nm"]
+from finegrain.platform.science.errors import InputError
+
+__all__ = ["check_xyz", "check_units_nm", "median_bond_length_nm"]
 
 #: Bonded distances in molecules lie in 0.09-0.20 nm. A median bond length in
 #: this window is taken as nm; ~10x larger means Angstrom were given.
 NM_BOND_WINDOW = (0.05, 0.3)
-
-
-class InputError(ValueError):
-    """Bad user input: wrong shapes or counts, non-finite values, wrong units."""
 
 
 def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms", frame_offset: int = 0) -> np.ndarray:

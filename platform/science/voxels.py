@@ -1,11 +1,11 @@
-"""Voxelized particle densities and rigid-body helpers (paper 001, section 2.1).
+"""Voxelized particle densities and rigid-body helpers (Shmilovich et al. (2022), section 2.1).
 
 Pure, batched torch array functions; they run on CPU or GPU in float32 or
 float64 and never touch global state.
 
-Convention (explicit, because paper 001's eq. 1 and its Table 1 disagree)
---------------------------------------------------------------------------
-Paper 001 is K. Shmilovich, M. Stieffenhofer, N. E. Charron, M. Hoffmann,
+Convention (explicit, because the paper's eq. 1 and its Table 1 disagree)
+-------------------------------------------------------------------------
+The paper is K. Shmilovich, M. Stieffenhofer, N. E. Charron, M. Hoffmann,
 "Temporally coherent backmapping of molecular trajectories from coarse-grained
 to atomistic resolution", J. Phys. Chem. A 126 (2022).  Its eq. 1 reads
 ``exp(-|x - r|^2 / (2 sigma^2))`` on a grid whose extreme values are
@@ -17,7 +17,7 @@ spacing, and collapse(voxelize(x)) (eq. 2) misplaces a real ADP structure by
 coordinate loss L_AA would disagree at bond scale.  The paper's code lineage,
 DeepBackmap (M. Stieffenhofer, M. Wand, T. Bereau, "Adversarial reverse
 mapping of equilibrated condensed-phase molecular structures", Mach. Learn.:
-Sci. Technol. 1, 045014 (2020); also its author's PhD thesis, seed paper 002,
+Sci. Technol. 1, 045014 (2020); also its first author's PhD thesis on DeepBackmap,
 whose printed eq. 4.3 has the same 2 sigma^2 as eq. 1), voxelizes in its
 published code with ``exp(-|x - r|^2 / sigma)`` on a *cell-centred* grid
 (points ``(k + 1/2) ds``, ``k = -d/2 .. d/2 - 1``, ``ds = r_grid / d``, for
@@ -132,12 +132,12 @@ def grid_points(n_grid: int, grid_width: float, *, dtype: torch.dtype = torch.fl
 
 def voxelize(xyz: torch.Tensor, n_grid: int, grid_width: float, sigma: float, *,
              check_finite: bool = True) -> torch.Tensor:
-    """Gaussian particle densities on a cubic grid (eq. 1 of paper 001, DeepBackmap convention).
+    """Gaussian particle densities on a cubic grid (eq. 1 of Shmilovich et al. (2022), DeepBackmap convention).
 
     ``vox[b, p, i, j, k] = exp(-|x_ijk - xyz[b, p]|^2 / sigma)`` with
     ``x_ijk = (g[i], g[j], g[k])`` and ``g = grid_points(n_grid, grid_width)``
     (cell centres).  ``sigma`` is the exponent's denominator in nm^2, as in
-    DeepBackmap's code and Table 1 of paper 001; the Gaussian's standard
+    DeepBackmap's code and Table 1 of Shmilovich et al. (2022); the Gaussian's standard
     deviation is ``sqrt(sigma / 2)`` nm (eq. 1's ``2 sigma_eq1^2 = sigma``).
     See the module docstring for why and for the round-trip accuracy.
 

@@ -8,7 +8,12 @@ recorded figure. The loser of the comparison gets the alias ``challenger``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+from mlflow.exceptions import MlflowException
+
+from finegrain.platform.services.tracking import Tracker
 
 __all__ = ["Promotion", "register_and_promote", "champion_figure", "CHAMPION", "CHALLENGER"]
 
@@ -36,12 +41,9 @@ def _better(value: float, than: float, mode: str) -> bool:
     return value < than if mode == "min" else value > than
 
 
-def champion_figure(name: str, metric: str, uri: str | None = None) -> tuple[str | None, float | None, str | None]:
+def champion_figure(name: str, metric: str, tracker: Tracker) -> tuple[str | None, float | None, str | None]:
     """(version, recorded figure on ``metric``, data hash) of the current champion; Nones when there is none."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(uri)
+    client = tracker.client
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -51,7 +53,7 @@ def champion_figure(name: str, metric: str, uri: str | None = None) -> tuple[str
 
 
 def register_and_promote(name: str, model_uri: str, metric: str, mode: str, value: float,
-                         tags: dict[str, str] | None = None, uri: str | None = None) -> Promotion:
+                         tracker: Tracker, tags: dict[str, str] | None = None) -> Promotion:
     """Register ``model_uri`` as a new version of ``name``; alias it champion if it beats the champion.
 
     A champion without a recorded figure on ``metric`` is beaten by any
@@ -59,22 +61,15 @@ def register_and_promote(name: str, model_uri: str, metric: str, mode: str, valu
     figures are not comparable and the candidate stays ``challenger``
     (promote it by hand if the new data should win). ``mode``: "min" or "max".
     """
-    import math
-
-    import mlflow
-    from mlflow import MlflowClient
-
     if mode not in ("min", "max"):
         raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
     if not math.isfinite(value):
         raise ValueError(f"value: the candidate's {metric} is not finite ({value})")
-    client = MlflowClient(uri)
-    champ_version, champ_value, champ_data = champion_figure(name, metric, uri)
+    client = tracker.client
+    champ_version, champ_value, champ_data = champion_figure(name, metric, tracker)
     data = (tags or {}).get("data_hash")
     comparable = not (champ_data and data and champ_data != data)
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    mv = mlflow.register_model(model_uri, name)
+    mv = tracker.register(name, model_uri)
     for k, v in {f"metric.{metric}": repr(float(value)), **(tags or {})}.items():
         client.set_model_version_tag(name, mv.version, k, str(v))
     wins = champ_version is None or champ_value is None or (comparable and _better(value, champ_value, mode))

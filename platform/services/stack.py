@@ -23,12 +23,15 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from finegrain.platform.science.errors import FinegrainError
+from finegrain.platform.services.ray_compat import reload_auth_token
+
 __all__ = ["LocalStack", "StackState", "StackNotRunning", "stack_home", "connect_ray", "use_token", "tracking_uri"]
 
 STATE_FILE = "stack.json"
 
 
-class StackNotRunning(RuntimeError):
+class StackNotRunning(FinegrainError, RuntimeError):
     """The local stack is not up (or its state folder is stale)."""
 
 
@@ -299,16 +302,27 @@ def use_token(st: StackState) -> None:
     """Make this process present the stack's Ray auth token.
 
     Ray's C++ token loader caches the token on first use (e.g. at ``import
-    ray``), so setting the environment is followed by a reset of that cache.
+    ray``), so setting the environment is followed by a reset of that cache
+    (:func:`~finegrain.platform.services.ray_compat.reload_auth_token`: Ray has
+    no public API for it).
     """
+
     os.environ.update({k: v for k, v in st.client_env().items() if k.startswith("RAY_AUTH")})
     os.environ.pop("RAY_AUTH_TOKEN", None)
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    reload_auth_token()
 
 
 def tracking_uri(home: str | Path | None = None) -> str:
-    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` (set inside jobs) or the stack's."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or LocalStack(home).require().mlflow_uri
+    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` (set inside jobs) or the one the stack recorded.
+
+    A lookup, not a check: no process or HTTP probe (``Tracker.connect`` checks the server once, where a
+    command starts). StackNotRunning when neither is there.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    st = LocalStack(home).state()
+    if st is None:
+        raise StackNotRunning(f"the finegrain stack ({stack_home(home)}) is not running: start it with "
+                              f"`finegrain stack up`")
+    return st.mlflow_uri

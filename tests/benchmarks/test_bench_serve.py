@@ -19,6 +19,8 @@ import pytest
 
 from finegrain.platform.apps.serving import free_port, serve_model, shutdown
 from finegrain.datasets.shards import read_frames
+from finegrain.platform.services.stack import tracking_uri
+from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables.baseline_fit import fit_baseline
 
 pytestmark = pytest.mark.benchmark
@@ -70,7 +72,7 @@ def test_bench_serve_batching(stack, adp_shards):
     from mlflow import MlflowClient
 
     name = "bench-serve-adp"
-    bm, _ = fit_baseline("nullspace", adp_shards, registered_model_name=name)
+    bm, _ = fit_baseline("nullspace", adp_shards, registered_model_name=name, tracker=Tracker(tracking_uri()))
     client = MlflowClient(stack.mlflow_uri)
     version = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     client.set_registered_model_alias(name, "champion", str(version))

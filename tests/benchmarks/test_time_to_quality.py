@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finegrain.platform.services.stack import tracking_uri
+from finegrain.platform.services.tracking import Tracker
+
 pytestmark = pytest.mark.benchmark
 
 SCORES = ("rmsd_cg_nm", "js_bonds", "js_angles", "clash_fraction", "w1_energy_kj_mol", "energy_p99_excess_kj_mol",
@@ -75,8 +78,8 @@ def test_time_to_quality(data, tmp_path):
     print("\nscore value/floor on the held-out replica (1000 frames); elapsed wall-clock since fit() started")
     baselines = {}
     for family in ("em", "nullspace"):
-        _, uri = fit_baseline(family, data["train"], seed=0)
-        baselines[family] = evaluate(uri, data["heldout"], log=False, bootstrap=0).metrics
+        _, uri = fit_baseline(family, data["train"], seed=0, tracker=Tracker(tracking_uri()))
+        baselines[family] = evaluate(uri, data["heldout"], bootstrap=0, tracker=Tracker(tracking_uri())).metrics
         _row(family, "-", 0.0, baselines[family])
     for spec in os.environ.get("FINEGRAIN_TTQ_FAMILIES", DEFAULT).split(","):
         family, config, steps, *extra = spec.split(":")
@@ -93,7 +96,7 @@ def test_time_to_quality(data, tmp_path):
             step = int(ck.name[11:])
             bm = backmapper_from_checkpoint(family, ck, topology, mapping)
             folder = bm.save(tmp_path / f"{family}-{step}")
-            metrics = evaluate(str(folder), data["heldout"], log=False, bootstrap=0).metrics
+            metrics = evaluate(str(folder), data["heldout"], bootstrap=0).metrics
             _row(bm.label, step, ck.stat().st_mtime - t0, metrics)
             assert np.isfinite(metrics["js_bonds"]) and ck.stat().st_mtime > t0
         if family == "ic":  # the shipped recipe's family beats the EM baseline's energies by its last checkpoint
@@ -108,13 +111,14 @@ def test_backmapping_speed_against_the_em_baseline(data):
     import mdtraj as md
 
     from finegrain.datasets.shards import read_frames
-    from finegrain.platform.services.tracking import load_backmapper_any
+    from finegrain.trainables.persistence import load_backmapper_any
     from finegrain.trainables.baseline_fit import fit_baseline
 
     fr = read_frames(data["heldout"])
     cg = fr["cg_xyz_nm"]
-    _, em_uri = fit_baseline("em", data["train"], seed=0)
-    models = {"em": load_backmapper_any(em_uri), "zoo:adp-backbone6": load_backmapper_any("zoo:adp-backbone6")}
+    tracker = Tracker(tracking_uri())
+    _, em_uri = fit_baseline("em", data["train"], seed=0, tracker=tracker)
+    models = {"em": load_backmapper_any(em_uri, tracker), "zoo:adp-backbone6": load_backmapper_any("zoo:adp-backbone6")}
     seconds = {}
     for name, bm in models.items():
         bm.backmap_xyz(cg[:10], seed=0)  # warm-up

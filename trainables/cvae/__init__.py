@@ -1,4 +1,6 @@
-"""Temporally coherent conditional VAE backmapper (paper 001, SI 4.1).
+"""Temporally coherent conditional VAE backmapper (SI 4.1 of Shmilovich et al., "Temporally coherent
+backmapping of molecular trajectories from coarse-grained to atomistic
+resolution" (2022)).
 
 Public API: :class:`CVAEConfig` (Table 1 presets), :class:`CVAE` (model),
 :class:`CVAEOutput`, the loss functions of eq. 3, and :class:`CVAEBackmapper` /

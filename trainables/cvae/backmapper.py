@@ -1,4 +1,4 @@
-"""Inference with a trained cVAE (paper 001, section 2.4): the decoder, autoregressively.
+"""Inference with a trained cVAE (Shmilovich et al. (2022), section 2.4): the decoder, autoregressively.
 
 For a CG trajectory CG(0..T-1) (nm) and K samples:
 
@@ -27,12 +27,17 @@ import torch
 
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.science.superposition import kabsch_rotations, pairwise_superposed_rmsd
-from finegrain.platform.science.validation import InputError, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
+from finegrain.trainables.checkpoints import read_checkpoint
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.model import CVAE
 from finegrain.trainables.protocol import Backmapper
 
 __all__ = ["CVAEBackmapper", "GaussianMixtureSampler"]
+
+#: tensor dicts a cVAE checkpoint keeps beside the model: the mixture prior of the latents and the seed bank
+CKPT_EXTRA = ("gmm", "bank")
 
 
 class GaussianMixtureSampler:
@@ -291,9 +296,7 @@ class CVAEBackmapper(Backmapper):
     def from_checkpoint(cls, folder: str | Path, topology, mapping: CGMapping, prior: str = "gmm",
                         info: dict | None = None) -> "CVAEBackmapper":
         """Build from a training checkpoint folder (see :mod:`finegrain.trainables.cvae.train`)."""
-        from finegrain.trainables.cvae.train import load_checkpoint_state
-
-        ck = load_checkpoint_state(folder)
+        ck = read_checkpoint(folder, "cVAE", extra=CKPT_EXTRA)
         model = CVAE(CVAEConfig.from_dict(ck["meta"]["cvae"]), ck["meta"]["n_atoms"], ck["meta"]["n_beads"])
         model.load_state_dict(ck["model"])
         gmm = GaussianMixtureSampler.from_state(ck["gmm"], prefix="") if ck.get("gmm") else None

@@ -1,4 +1,4 @@
-"""Typed, validated configuration of the temporally coherent cVAE (paper 001).
+"""Typed, validated configuration of the temporally coherent cVAE (Shmilovich et al. (2022)).
 
 Every number of Table 1 (SI 4.1) lives here, once.  ``CVAEConfig.adp()`` and
 ``CVAEConfig.chignolin()`` reproduce the table; ``CVAEConfig.smoke()`` is a
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from finegrain.trainables.cvae import schedules as _schedules
+from finegrain.trainables.model_config import ModelConfigError
 
 __all__ = ["CVAEConfig"]
 
@@ -128,46 +129,52 @@ class CVAEConfig:
         for name in positive_ints:
             v = getattr(self, name)
             if not _is_int(v) or v <= 0:
-                raise ValueError(f"CVAEConfig.{name} must be a positive int, got {v!r}")
+                raise ModelConfigError(f"CVAEConfig.{name} must be a positive int, got {v!r}", name)
         for name in ("n_condition_blocks", "n_decoder_blocks", "t_lambda0", "beta_n_cycles"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
-                raise ValueError(f"CVAEConfig.{name} must be a non-negative int, got {v!r}")
+                raise ModelConfigError(f"CVAEConfig.{name} must be a non-negative int, got {v!r}", name)
         for name in ("grid_width", "sigma", "learning_rate", "lambda_initial", "lambda_final", "beta_k"):
             v = getattr(self, name)
             if not _is_num(v) or v <= 0:
-                raise ValueError(f"CVAEConfig.{name} must be a finite number > 0, got {v!r}")
+                raise ModelConfigError(f"CVAEConfig.{name} must be a finite number > 0, got {v!r}", name)
         for name in ("w_clip", "u_max"):
             v = getattr(self, name)
             if v is not None and (not _is_num(v) or v <= 0):
-                raise ValueError(f"CVAEConfig.{name} must be None or a finite number > 0, got {v!r}")
+                raise ModelConfigError(f"CVAEConfig.{name} must be None or a finite number > 0, got {v!r}", name)
         if self.schedule_steps is not None and (not _is_int(self.schedule_steps) or self.schedule_steps <= 0):
-            raise ValueError(f"CVAEConfig.schedule_steps must be None or a positive int, got {self.schedule_steps!r}")
+            raise ModelConfigError(
+                f"CVAEConfig.schedule_steps must be None or a positive int, got {self.schedule_steps!r}",
+                "schedule_steps")
         for name in ("beta_tau", "beta_constant", "leaky_relu_slope", "prev_noise_nm"):
             v = getattr(self, name)
             if not _is_num(v) or v < 0:
-                raise ValueError(f"CVAEConfig.{name} must be a finite number >= 0, got {v!r}")
+                raise ModelConfigError(f"CVAEConfig.{name} must be a finite number >= 0, got {v!r}", name)
         if self.n_grid < 2:
-            raise ValueError(f"CVAEConfig.n_grid must be >= 2, got {self.n_grid}")
+            raise ModelConfigError(f"CVAEConfig.n_grid must be >= 2, got {self.n_grid}", "n_grid")
         if not isinstance(self.frame_based, bool):
-            raise ValueError(f"CVAEConfig.frame_based must be a bool, got {self.frame_based!r}")
+            raise ModelConfigError(f"CVAEConfig.frame_based must be a bool, got {self.frame_based!r}", "frame_based")
         if self.beta_schedule not in ("cyclic", "constant"):
-            raise ValueError(f"CVAEConfig.beta_schedule must be 'cyclic' or 'constant', got {self.beta_schedule!r}")
+            raise ModelConfigError(
+                f"CVAEConfig.beta_schedule must be 'cyclic' or 'constant', got {self.beta_schedule!r}", "beta_schedule")
         if self.d_latent % 8 != 0:
-            raise ValueError(
-                f"CVAEConfig.d_latent must be a multiple of 8 (z is reshaped to a 2x2x2 grid), got {self.d_latent}")
+            raise ModelConfigError(
+                f"CVAEConfig.d_latent must be a multiple of 8 (z is reshaped to a 2x2x2 grid), got {self.d_latent}",
+                "d_latent")
         if self.kernel_size % 2 != 1:
-            raise ValueError(f"CVAEConfig.kernel_size must be odd, got {self.kernel_size}")
+            raise ModelConfigError(f"CVAEConfig.kernel_size must be odd, got {self.kernel_size}", "kernel_size")
         if (not isinstance(self.encoder_strides, tuple) or len(self.encoder_strides) == 0
                 or any(not _is_int(s) or s not in (1, 2) for s in self.encoder_strides)):
-            raise ValueError(
-                f"CVAEConfig.encoder_strides must be a non-empty tuple of 1s and 2s, got {self.encoder_strides!r}")
+            raise ModelConfigError(
+                f"CVAEConfig.encoder_strides must be a non-empty tuple of 1s and 2s, got {self.encoder_strides!r}",
+                "encoder_strides")
         if self.n_decoder_blocks < 1:
-            raise ValueError(f"CVAEConfig.n_decoder_blocks must be >= 1, got {self.n_decoder_blocks}")
+            raise ModelConfigError(
+                f"CVAEConfig.n_decoder_blocks must be >= 1, got {self.n_decoder_blocks}", "n_decoder_blocks")
         if self.gaussian_std >= self.grid_width / 2:
-            raise ValueError(
+            raise ModelConfigError(
                 f"CVAEConfig.sigma ({self.sigma} nm^2: Gaussian std sqrt(sigma/2) = {self.gaussian_std:.4g} nm) "
-                f"must give a std smaller than grid_width / 2 ({self.grid_width / 2} nm)")
+                f"must give a std smaller than grid_width / 2 ({self.grid_width / 2} nm)", "sigma")
 
     # ------------------------------------------------------------ derived
     @property
@@ -212,11 +219,11 @@ class CVAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CVAEConfig":
-        """Build from a mapping (e.g. a Tune sample); unknown keys raise ValueError naming them."""
+        """Build from a mapping (e.g. a Tune sample); unknown keys raise ModelConfigError (a ValueError) naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"CVAEConfig got unknown field(s) {unknown}")
+            raise ModelConfigError(f"CVAEConfig got unknown field(s) {unknown}", unknown[0])
         return cls(**dict(data))
 
     def replace(self, **changes: Any) -> "CVAEConfig":
@@ -224,7 +231,7 @@ class CVAEConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
-            raise ValueError(f"CVAEConfig got unknown field(s) {unknown}")
+            raise ModelConfigError(f"CVAEConfig got unknown field(s) {unknown}", unknown[0])
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------- presets

@@ -1,4 +1,4 @@
-"""Loss terms of the temporally coherent cVAE, eq. 3 of paper 001 (section 2.3).
+"""Loss terms of the temporally coherent cVAE, eq. 3 of Shmilovich et al. (2022) (section 2.3).
 
 For a single sample the paper defines
 

@@ -1,4 +1,4 @@
-"""The temporally coherent conditional VAE of paper 001 (SI 4.1, Figs. 11-12).
+"""The temporally coherent conditional VAE of Shmilovich et al. (2022) (SI 4.1, Figs. 11-12).
 
 Data flow (channels first, torch layout ``[B, C, d, d, d]``; the paper writes
 ``d x d x d x C``):

@@ -1,6 +1,6 @@
 """Loss-weight schedules as plain functions of the integer training step.
 
-Paper 001, SI 4.1: eq. 5 (exponential annealing of the energy prefactor
+Shmilovich et al. (2022), SI 4.1: eq. 5 (exponential annealing of the energy prefactor
 lambda) and eq. 6 (cyclic sigmoid annealing of the KL prefactor beta, after
 Fu et al.), plus a constant schedule.  Shared by any model family.
 
@@ -66,7 +66,7 @@ def _finite(v, name: str, positive: bool = False) -> float:
 
 
 def lambda_schedule(step, t_lambda0: int, n_lambda: int, lambda_initial: float, lambda_final: float):
-    """Energy-loss prefactor lambda(t), eq. 5 of paper 001 (SI 4.1).
+    """Energy-loss prefactor lambda(t), eq. 5 of Shmilovich et al. (2022) (SI 4.1).
 
     ::
 
@@ -94,7 +94,7 @@ def lambda_schedule(step, t_lambda0: int, n_lambda: int, lambda_initial: float, 
 
 
 def beta_schedule(step, n_cycles: int, cycle_length: int, k: float, tau: float):
-    """KL prefactor beta(t), cyclic sigmoid annealing, eq. 6 of paper 001 (SI 4.1).
+    """KL prefactor beta(t), cyclic sigmoid annealing, eq. 6 of Shmilovich et al. (2022) (SI 4.1).
 
     ::
 

@@ -1,4 +1,4 @@
-"""Training the temporally coherent cVAE on Ray Train (paper 001, section 2.3; SI 4.1).
+"""Training the temporally coherent cVAE on Ray Train (Shmilovich et al. (2022), section 2.3; SI 4.1).
 
 :func:`train_loop_per_worker` is the per-worker loop of a
 ``ray.train.torch.TorchTrainer``; :func:`fit` (the driver) builds the trainer
@@ -33,7 +33,6 @@ training seed, of all training pairs of all training trajectories
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +44,17 @@ from finegrain.platform.science.voxels import apply_rotation, mean_centre, rando
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
+from finegrain.trainables.cvae.backmapper import CKPT_EXTRA
 from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
 
 if TYPE_CHECKING:
     from finegrain.trainables.cvae.backmapper import CVAEBackmapper
     from finegrain.trainables.cvae.train_config import TrainConfig
 
-__all__ = ["fit", "fit_detailed", "FitResult", "loop_config", "train_loop_per_worker", "prepare_triplet", "step_loss",
+__all__ = ["fit", "fit_detailed", "FitResult", "run_payload", "train_loop_per_worker", "prepare_triplet", "step_loss",
            "save_checkpoint_dir", "load_checkpoint_state", "SeedBank"]
 
-CKPT_MODEL, CKPT_OPTIM, CKPT_META, CKPT_GMM, CKPT_BANK = "model.pt", "optimizer.pt", "state.json", "gmm.pt", "bank.pt"
 TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
 
 
@@ -62,30 +62,13 @@ TERMS = ("total", "vox", "aa", "cg", "edm", "energy", "kld")
 def save_checkpoint_dir(folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                         meta: dict[str, Any], gmm: dict[str, torch.Tensor] | None = None,
                         bank: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a checkpoint folder: state_dicts (torch.save) and ``state.json`` (meta)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / CKPT_MODEL)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), folder / CKPT_OPTIM)
-    if gmm is not None:
-        torch.save(gmm, folder / CKPT_GMM)
-    if bank is not None:
-        torch.save(bank, folder / CKPT_BANK)
-    (folder / CKPT_META).write_text(json.dumps(meta, indent=1))
-    return folder
+    """Write a cVAE checkpoint folder (:mod:`finegrain.trainables.checkpoints`) with the prior and seed bank."""
+    return write_checkpoint(folder, model, optimizer, meta, {"gmm": gmm, "bank": bank})
 
 
 def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
-    """Read a checkpoint folder: {"meta", "model", "optimizer"?, "gmm"?, "bank"?} (weights_only loads)."""
-    folder = Path(folder)
-    if not (folder / CKPT_META).is_file():
-        raise FileNotFoundError(f"checkpoint {folder}: no {CKPT_META} (not a cVAE checkpoint)")
-    out: dict[str, Any] = {"meta": json.loads((folder / CKPT_META).read_text())}
-    for key, name in (("model", CKPT_MODEL), ("optimizer", CKPT_OPTIM), ("gmm", CKPT_GMM), ("bank", CKPT_BANK)):
-        if (folder / name).is_file():
-            out[key] = torch.load(folder / name, map_location="cpu", weights_only=True)
-    return out
+    """Read a cVAE checkpoint folder: {"meta", "model", "optimizer"?, "gmm"?, "bank"?} (weights_only loads)."""
+    return read_checkpoint(folder, "cVAE", extra=CKPT_EXTRA)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -209,17 +192,27 @@ class SeedBank:
 
 # ----------------------------------------------------------------------------- worker loop
 class _Worker(TrainWorker):
-    """State of one training worker (see module docstring). ``config``: plain data from the driver."""
+    """State of one training worker (see module docstring).
 
-    def __init__(self, config: dict[str, Any]):
+    ``loop_config``: the config and run context (``run_context.loop_config``).
+    """
+
+    #: ``training.inject_failure_at`` (set from the config; the class value serves a worker built without one)
+    inject_failure_at: int | None = None
+
+    def __init__(self, loop_config: dict[str, Any]):
         import ray.train
 
-        super().__init__(config)
-        self.cfg = CVAEConfig.from_dict(config["cvae"])
-        torch.manual_seed(worker_seed(config["seed"], 0))  # identical initial weights on every rank
+        from finegrain.trainables.cvae.train_config import TrainConfig
+        from finegrain.trainables.run_context import parse_loop_config
+
+        super().__init__(*parse_loop_config(loop_config, TrainConfig))
+        self.inject_failure_at = self.config.training.inject_failure_at
+        self.cfg: CVAEConfig = self.config.cvae()  # preset, overrides, training.max_steps
+        torch.manual_seed(worker_seed(self.seed, 0))  # identical initial weights on every rank
         self.raw = CVAE(self.cfg, self.n_atoms, self.n_beads).to(self.device)
         self.opt = torch.optim.Adam(self.raw.parameters(), lr=self.cfg.learning_rate)
-        self.mapping = torch.tensor(config["mapping_matrix"], dtype=torch.float32, device=self.device)
+        self.mapping = torch.tensor(self.ctx.payload["mapping_matrix"], dtype=torch.float32, device=self.device)
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
         self.energy_fn = self._energy_model()
@@ -228,24 +221,26 @@ class _Worker(TrainWorker):
     # -- setup ---------------------------------------------------------------
     def _energy_model(self):
         """U(x) for L_ENERGY, only when lambda can become > 0 within the budget."""
-        if not self.c.get("energy", True) or self.cfg.schedule.t_lambda0 >= self.c["max_steps"]:
+        t = self.config.training
+        if not t.energy or self.cfg.schedule.t_lambda0 >= self.cfg.max_steps:
             return None
+        from finegrain.datasets.systems import get_system
         from finegrain.platform.science.energies import energy_model
 
-        backend = self.c.get("energy_backend", "torch")
-        extra = {"compile": True} if backend == "torch" and self.c.get("energy_compile") else {}
+        backend = t.energy_backend
+        extra = {"compile": True} if backend == "torch" and t.energy_compile else {}
         try:
             # the force field's own cap (pair-distance floor + clamp at U_max) keeps float32 finite
             # for overlapping atoms; L_ENERGY's clamp (eq. 3) is then exact
-            return energy_model(self.c["system"], backend=backend, device=self.device, dtype=torch.float32,
+            return energy_model(get_system(self.ctx.system), backend=backend, device=self.device, dtype=torch.float32,
                                 u_max=self.cfg.u_max, cap="clamp", **extra)
         except Exception as exc:  # unknown system, unsupported force, ...
-            raise ValueError(f"training.energy: no energy model for system {self.c['system']!r} ({exc}); "
+            raise ValueError(f"training.energy: no energy model for system {self.ctx.system!r} ({exc}); "
                              f"set training.energy=false to train without L_ENERGY") from exc
 
     def _reseed(self) -> None:
         """Generators for rotations (CPU) and eps (device), a function of (seed, rank, step)."""
-        s = worker_seed(self.c["seed"], self.rank, self.step)
+        s = worker_seed(self.seed, self.rank, self.step)
         self.gen = torch.Generator().manual_seed(s)
         self.gen_dev = self.gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(s + 1)
 
@@ -284,8 +279,8 @@ class _Worker(TrainWorker):
         import ray.train
 
         self.raw.eval()
-        gen = torch.Generator().manual_seed(worker_seed(self.c["seed"], 7, self.rank))
-        gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], 7))
+        gen = torch.Generator().manual_seed(worker_seed(self.seed, 7, self.rank))
+        gen = gen if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(worker_seed(self.seed, 7))
         sums = torch.zeros(len(TERMS) + 1, dtype=torch.float64)
         shard = ray.train.get_dataset_shard("validation")
         for batch in shard.iter_torch_batches(batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device):
@@ -318,9 +313,10 @@ class _Worker(TrainWorker):
 
         from finegrain.trainables.cvae.backmapper import GaussianMixtureSampler
 
+        t = self.config.training
         self.raw.eval()
-        per_rank = -(-int(self.c["gmm_max_samples"]) // self.world)
-        bank = None if self.cfg.frame_based else SeedBank(int(self.c["bank_size"]), int(self.c["seed"]))
+        per_rank = -(-t.gmm_max_samples // self.world)
+        bank = None if self.cfg.frame_based else SeedBank(t.bank_size, self.seed)
         mus, n = [], 0
         shard = ray.train.get_dataset_shard("train")
         for batch in shard.iter_torch_batches(batch_size=max(self.cfg.batch_size, 64), dtypes=torch.float32,
@@ -343,12 +339,12 @@ class _Worker(TrainWorker):
             return None, None
         z = np.concatenate([g[0] for g in gathered])
         gmm = None
-        if self.c.get("latent_prior", "gmm") == "gmm" and len(z) > 0:
-            fit = GaussianMixtureSampler.fit(z, self.cfg.n_gmm_components, seed=self.c["seed"])
+        if t.latent_prior == "gmm" and len(z) > 0:
+            fit = GaussianMixtureSampler.fit(z, self.cfg.n_gmm_components, seed=self.seed)
             gmm = {k.split(".", 1)[1]: v for k, v in fit.to_state().items()}
         bank_out = None
         if not self.cfg.frame_based:
-            merged = SeedBank.merge(int(self.c["bank_size"]), int(self.c["seed"]), [g[1] for g in gathered])
+            merged = SeedBank.merge(t.bank_size, self.seed, [g[1] for g in gathered])
             bank_out = merged.tensors()
         return gmm, bank_out
 
@@ -356,7 +352,7 @@ class _Worker(TrainWorker):
     def _meta(self, final: bool) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "lambda_next": self.cfg.lambda_at(self.step),
                 "beta_next": self.cfg.beta_at(self.step), "cvae": self.cfg.to_dict(), "n_atoms": self.n_atoms,
-                "n_beads": self.n_beads, "mapping": self.c.get("mapping_name"), "world_size": self.world,
+                "n_beads": self.n_beads, "mapping": self.ctx.mapping_name, "world_size": self.world,
                 "final": final}
 
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False,
@@ -375,7 +371,7 @@ class _Worker(TrainWorker):
     def run(self) -> None:
         cfg = self.cfg
         # the final checkpoint (with the latent GMM and seed bank) is written below
-        self.train(int(self.c["max_steps"]), cfg.batch_size, "train cVAE", checkpoint_last=False)
+        self.train(cfg.max_steps, cfg.batch_size, "train cVAE", checkpoint_last=False)
         gmm, bank = self._posterior_and_bank()
         final = {"lambda": cfg.lambda_at(max(self.step - 1, 0)), "beta": cfg.beta_at(max(self.step - 1, 0))}
         if gmm is not None:
@@ -384,10 +380,10 @@ class _Worker(TrainWorker):
 
     def _maybe_inject_failure(self) -> None:
         """Fault-tolerance drill: rank 0 raises once at step ``inject_failure_at`` (a marker file makes it once)."""
-        at = self.c.get("inject_failure_at")
+        at = self.inject_failure_at
         if at is None or self.step != at or self.rank != 0:
             return
-        marker = Path(self.c["storage_dir"]) / f".injected_failure_{at}"
+        marker = Path(self.ctx.storage_dir) / f".injected_failure_{at}"
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.touch()
@@ -397,12 +393,10 @@ class _Worker(TrainWorker):
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train loop (``TorchTrainer(train_loop_per_worker, train_loop_config=config)``).
 
-    ``config`` (plain data, built by :func:`loop_config`): cvae (CVAEConfig
-    dict), n_atoms, n_beads, mapping_matrix [n, N], mapping_name, system, seed,
-    max_steps, log_every, eval_every, checkpoint_every, has_validation,
-    use_gpu, cpus_per_worker, energy, energy_backend, energy_compile, latent_prior,
-    gmm_max_samples, bank_size, shuffle_buffer, resume_from, local_mode,
-    storage_dir, run_id, tracking_uri, progress, inject_failure_at.
+    ``config`` (:func:`~finegrain.trainables.run_context.loop_config`): {"config": the
+    :class:`~finegrain.trainables.cvae.train_config.TrainConfig` as JSON data, "context": the
+    :class:`~finegrain.trainables.run_context.RunContext` as JSON data, its payload the mapping
+    matrix [n, N] (:func:`run_payload`)}; the worker validates both again.
     """
     _Worker(config).run()
 
@@ -414,23 +408,9 @@ def fit(config: "TrainConfig") -> tuple["CVAEBackmapper", str | None]:
     return r.backmapper, r.run_id
 
 
-def loop_config(config: "TrainConfig", manifest, mapping, *, local_mode: bool, storage_dir: Path,
-                has_validation: bool, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
-    """The plain-data ``train_loop_config`` of :func:`train_loop_per_worker`."""
-    t, cvae = config.training, config.cvae()
-    return {
-        "cvae": cvae.to_dict(), "n_atoms": manifest.n_atoms, "n_beads": manifest.n_beads,
-        "mapping_matrix": np.asarray(mapping.matrix).tolist(), "mapping_name": mapping.name,
-        "system": manifest.system, "seed": t.seed, "max_steps": cvae.max_steps, "log_every": t.log_every,
-        "eval_every": t.eval_every, "checkpoint_every": t.checkpoint_every, "has_validation": has_validation,
-        "use_gpu": t.use_gpu, "cpus_per_worker": t.cpus_per_worker, "energy": t.energy,
-        "energy_backend": t.energy_backend, "energy_compile": t.energy_compile, "latent_prior": t.latent_prior, "gmm_max_samples": t.gmm_max_samples,
-        "bank_size": t.bank_size, "shuffle_buffer": config.data.shuffle_buffer,
-        "precision": t.precision, "compile": t.compile,
-        "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None,
-        "local_mode": local_mode, "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri,
-        "progress": t.progress, "inject_failure_at": t.inject_failure_at,
-    }
+def run_payload(mapping) -> dict[str, Any]:
+    """The data the workers need (``RunContext.payload``): the mapping matrix [n, N]."""
+    return {"mapping_matrix": np.asarray(mapping.matrix).tolist()}
 
 
 def fit_detailed(config: "TrainConfig") -> FitResult:
@@ -447,6 +427,6 @@ def fit_detailed(config: "TrainConfig") -> FitResult:
     data = load_training_data(config)
     return run_training(
         config, "cvae", data, train_loop_per_worker,
-        lambda **kw: loop_config(config, data.manifest, data.mapping, **kw),
+        run_payload(data.mapping),
         lambda ck_dir, info: CVAEBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping,
                                                             prior=config.training.latent_prior, info=info))

@@ -25,27 +25,34 @@ optional except ``data.shards``::
 
 ``--set section.key=value`` overrides any key; values are parsed as YAML
 (``8`` -> int, ``true`` -> bool, ``[0.5, 0.5, 0]`` -> list, ``null`` -> None).
-Validation errors are :class:`ConfigError` (a ``ValueError``) naming the key.
+That string form is the command line's only (:func:`apply_overrides`); code
+sets typed values by key (:func:`set_values`, :meth:`TrainingConfigBase.with_values`).
+Validation errors are :class:`ConfigError` (a ``ValueError``) naming the key;
+a model field's error names ``model.<field>`` from the
+:class:`~finegrain.trainables.model_config.ModelConfigError` it raises.
 Every default lives here or in :class:`~finegrain.trainables.cvae.config.CVAEConfig`.
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from finegrain.platform.science.errors import FinegrainError
 from finegrain.trainables.cvae.config import CVAEConfig
+from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
+from finegrain.trainables.model_config import ModelConfigError
 
 __all__ = ["TrainConfig", "TrainingConfigBase", "RunSection", "ConfigError", "DataSection", "TrackingSection", "apply_overrides",
-           "flatten"]
+           "parse_override", "set_values", "flatten"]
 
 PRESETS = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin, "smoke": CVAEConfig.smoke}
 
 
-class ConfigError(ValueError):
+class ConfigError(FinegrainError, ValueError):
     """A training config that does not validate; the message names the key."""
 
 
@@ -93,9 +100,9 @@ class RunSection(_Section):
     checkpoint_every: int = Field(10_000, ge=1)
     eval_every: int = Field(10_000, ge=1)
     log_every: int = Field(100, ge=1)
-    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs in this process (local mode)")
+    num_workers: int = Field(NUM_WORKERS, ge=0, description="Ray Train workers; 0 runs in this process (local mode)")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(CPUS_PER_WORKER, gt=0)
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
     startup_failures: int = Field(3, ge=-1, description="failed worker-group start-ups tolerated (Train's "
                                   "controller_failure_limit) before the run fails; -1: unlimited (opt-in: a "
@@ -139,12 +146,14 @@ class TrainingConfigBase(_Section):
     """What every family's training config shares: sections data/model/training/tracking,
     flattening to MLflow params, and loading from dicts, YAML and ``--set`` overrides.
 
-    A family implements :meth:`resolved_model` (its model config from the
-    ``model`` section: preset + overrides, an object with ``to_dict()``) and
-    may refine :meth:`_check`.
+    A family sets ``MODEL_CONFIG`` (its frozen dataclass of hyper-parameters),
+    implements :meth:`resolved_model` (its model config from the ``model``
+    section: preset + overrides, an object with ``to_dict()``) and may refine
+    :meth:`_check`.
     """
 
     FAMILY: ClassVar[str] = "?"
+    MODEL_CONFIG: ClassVar[type | None] = None
     family: str | None = Field(None, description="the model family (finegrain train dispatches on it)")
 
     def resolved_model(self):
@@ -154,10 +163,18 @@ class TrainingConfigBase(_Section):
         """Family checks after validation; raise ConfigError naming the key."""
         if self.family not in (None, self.FAMILY):
             raise ConfigError(f"{source}: key 'family': {self.family!r} is not a {self.FAMILY} config")
+        if self.MODEL_CONFIG is not None:
+            fields = {f.name for f in dataclasses.fields(self.MODEL_CONFIG)}
+            unknown = sorted(set(self.model.overrides()) - fields)
+            if unknown:
+                raise ConfigError(f"{source}: " + "; ".join(f"key 'model.{k}': unknown key" for k in unknown)
+                                  + f" ({self.MODEL_CONFIG.__name__} has no such field)")
         try:
             self.resolved_model()
+        except ModelConfigError as exc:
+            raise ConfigError(f"{source}: key 'model{'.' + exc.field if exc.field else ''}': {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {_model_key(str(exc))}: {exc}") from None
+            raise ConfigError(f"{source}: key 'model': {exc}") from None
 
     def flat(self) -> dict[str, str]:
         """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
@@ -195,14 +212,19 @@ class TrainingConfigBase(_Section):
         return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
 
     def with_overrides(self, overrides: list[str]):
-        """A validated copy with ``key=value`` overrides applied."""
+        """A validated copy with ``key=value`` overrides (command-line strings) applied."""
         return type(self).from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
+
+    def with_values(self, values: dict[str, Any], source: str = "config"):
+        """A validated copy with typed values set by dotted key (``{"training.max_steps": 10}``)."""
+        return type(self).from_dict(set_values(self.model_dump(mode="json", exclude_none=False), values), source)
 
 
 class TrainConfig(TrainingConfigBase):
     """The whole configuration of one cVAE training run."""
 
     FAMILY: ClassVar[str] = "cvae"
+    MODEL_CONFIG: ClassVar[type] = CVAEConfig
 
     data: DataSection
     model: ModelSection = Field(default_factory=ModelSection)
@@ -226,32 +248,52 @@ class TrainConfig(TrainingConfigBase):
         super()._check(source)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested dict (a copy); values parsed as YAML."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """A command-line ``section.key=value`` string -> (dotted key, value parsed as YAML)."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. training.max_steps=100)")
+    try:
+        return key, (yaml.safe_load(raw) if raw.strip() else None)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+
+
+def _set_key(node: dict[str, Any], key: str, value: Any, label: str) -> None:
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise ConfigError(f"{label}: expected a dotted key section.key")
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{label}: key '{'.'.join(parts[: i + 1])}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Set typed values by dotted key (``{"training.max_steps": 10}``) in a nested dict (a copy), in order."""
     import copy
 
-    import yaml
+    out = copy.deepcopy(data) if data else {}
+    for key, value in values.items():
+        _set_key(out, key, copy.deepcopy(value), f"key {key!r}")
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply command-line ``section.key=value`` strings to a nested dict (a copy); values parsed as YAML."""
+    import copy
 
     out = copy.deepcopy(data) if data else {}
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. training.max_steps=100)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        node = out
-        parts = key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: key '{'.'.join(parts[: i + 1])}' is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        key, value = parse_override(item)
+        _set_key(out, key, value, f"--set {item!r}")
     return out
 
 
@@ -278,12 +320,3 @@ def _describe(err: dict) -> str:
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"key '{loc}': {msg}{got_s}"
 
-
-def _model_key(message: str) -> str:
-    """The config key a model-config error is about (model configs name their fields)."""
-    m = re.search(r"unknown field\(s\) \['([^']+)'", message) or re.search(r"unexpected keyword argument '(\w+)'",
-                                                                              message)
-    if m:
-        return f"key 'model.{m.group(1)}'"
-    m = re.search(r"(?:CVAE|Flow)Config\.(\w+)", message)
-    return f"key 'model.{m.group(1)}'" if m else "key 'model'"

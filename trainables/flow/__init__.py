@@ -1,4 +1,7 @@
-"""Conditional flow-matching backmapper with exact likelihoods (seed 004, split-flows).
+"""Conditional flow-matching backmapper with exact likelihoods.
+
+After Hummerich, Bereau and Köthe, "Split-Flows: Measure Transport and Information
+Loss Across Molecular Resolutions" (2025).
 
 Public API (torch + numpy only): :class:`FlowConfig`, :class:`FibreGeometry`
 and :func:`bead_assignment` (where densities live), :class:`VelocityField`

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from finegrain.platform.science.mapping import CGMapping
-from finegrain.platform.science.validation import InputError, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.protocol import Backmapper
+from finegrain.trainables.checkpoints import read_checkpoint
+from finegrain.trainables.protocol import Backmapper, load_weights
 
 __all__ = ["FlowBackmapper"]
 
@@ -132,20 +134,16 @@ class FlowBackmapper(Backmapper):
 
     @classmethod
     def _from_saved(cls, topology, mapping: CGMapping, config: dict, state: dict) -> "FlowBackmapper":
-        flow = ConditionalFlow(FlowConfig.from_dict(config["flow"]), mapping.matrix, np.asarray(config["assignment"]))
-        try:
-            flow.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(f"flow weights do not fit the saved config: {exc}") from None
-        return cls(topology, mapping, flow, info=config.get("info"))
+        return cls(topology, mapping, _flow(config, mapping, state), info=config.get("info"))
 
     @classmethod
     def from_checkpoint(cls, folder, topology, mapping: CGMapping, info: dict | None = None) -> "FlowBackmapper":
         """Rebuild from a training checkpoint folder (see :mod:`.train`)."""
-        from finegrain.trainables.flow.train import load_checkpoint_state
+        ck = read_checkpoint(folder, "flow", "flow")
+        return cls(topology, mapping, _flow(ck["meta"], mapping, ck["model"]), info=info)
 
-        ck = load_checkpoint_state(folder)
-        meta = ck["meta"]
-        flow = ConditionalFlow(FlowConfig.from_dict(meta["flow"]), mapping.matrix, np.asarray(meta["assignment"]))
-        flow.load_state_dict(ck["model"])
-        return cls(topology, mapping, flow, info=info)
+
+def _flow(config: dict, mapping: CGMapping, state: dict) -> ConditionalFlow:
+    """The flow of a saved config (``flow``, ``assignment``) with its weights."""
+    flow = ConditionalFlow(FlowConfig.from_dict(config["flow"]), mapping.matrix, np.asarray(config["assignment"]))
+    return load_weights(flow, state, "flow")

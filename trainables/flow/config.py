@@ -1,4 +1,4 @@
-"""Typed configuration of the conditional flow-matching backmapper (seed 004, split-flows).
+"""Typed configuration of the conditional flow-matching backmapper (Hummerich et al., split-flows (2025)).
 
 Units: lengths in nm, time of the flow in [0, 1] (dimensionless), densities
 in nats w.r.t. the Lebesgue measure of the fibre in nm (see
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from finegrain.trainables.model_config import ModelConfig, positive_int, positive_number
+from finegrain.trainables.model_config import ModelConfig, ModelConfigError, positive_int, positive_number
 
 __all__ = ["FlowConfig", "METHODS", "DIVERGENCES"]
 
@@ -75,22 +75,27 @@ class FlowConfig(ModelConfig):
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "n_rbf", "time_features", "batch_size", "steps", "n_probes"):
             if not positive_int(getattr(self, name)):
-                raise ValueError(f"FlowConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+                raise ModelConfigError(
+                    f"FlowConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}", name)
         for name in ("prior_width_nm", "rbf_max_nm", "length_scale_nm", "learning_rate", "rtol", "atol"):
             if not positive_number(getattr(self, name)):
-                raise ValueError(f"FlowConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
+                raise ModelConfigError(f"FlowConfig.{name}: expected a number > 0, got {getattr(self, name)!r}", name)
         if not (isinstance(self.prev_dropout, (int, float)) and 0.0 <= self.prev_dropout <= 1.0):
-            raise ValueError(f"FlowConfig.prev_dropout: expected a number in [0, 1], got {self.prev_dropout!r}")
+            raise ModelConfigError(
+                f"FlowConfig.prev_dropout: expected a number in [0, 1], got {self.prev_dropout!r}", "prev_dropout")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"FlowConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+            raise ModelConfigError(
+                f"FlowConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}", "weight_decay")
         for name in ("method", "likelihood_method"):
             if getattr(self, name) not in METHODS:
-                raise ValueError(f"FlowConfig.{name}: expected one of {METHODS}, got {getattr(self, name)!r}")
+                raise ModelConfigError(
+                    f"FlowConfig.{name}: expected one of {METHODS}, got {getattr(self, name)!r}", name)
         if self.divergence not in DIVERGENCES:
-            raise ValueError(f"FlowConfig.divergence: expected one of {DIVERGENCES}, got {self.divergence!r}")
+            raise ModelConfigError(
+                f"FlowConfig.divergence: expected one of {DIVERGENCES}, got {self.divergence!r}", "divergence")
         for name in ("chiral", "temporal"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"FlowConfig.{name}: expected true/false, got {getattr(self, name)!r}")
+                raise ModelConfigError(f"FlowConfig.{name}: expected true/false, got {getattr(self, name)!r}", name)
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "FlowConfig":

@@ -3,7 +3,7 @@
 For a CG map y = C x (``C`` [n, N], rows summing to one, acting on x, y, z
 alike) with full row rank, the atomistic configurations compatible with a
 CG frame y form the fibre M^-1(y) = {C+ y + N eta}, an affine subspace of
-dimension d = 3 (N - n) (seed 000: pseudo-inverse ``C+`` [N, n] and an
+dimension d = 3 (N - n) (pseudo-inverse ``C+`` [N, n] and an
 orthonormal null-space basis ``N`` [N, N - n]).  p(x | y) is supported on the
 fibre, so it has no density on R^{3N}; the flow models the density of the
 orthonormal fibre coordinates eta, i.e. w.r.t. the d-dimensional Lebesgue

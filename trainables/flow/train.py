@@ -31,12 +31,13 @@ from finegrain.datasets.shards import unflatten_pair_batch
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.ray_run import FitResult, TrainWorker, read_checkpoint, worker_seed, write_checkpoint
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
+from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
 
 if TYPE_CHECKING:
     from finegrain.trainables.flow.train_config import FlowTrainConfig
 
-__all__ = ["fit", "fit_detailed", "FitResult", "train_loop_per_worker", "loop_config", "save_checkpoint_dir",
+__all__ = ["fit", "fit_detailed", "FitResult", "train_loop_per_worker", "run_payload", "save_checkpoint_dir",
            "load_checkpoint_state"]
 
 def save_checkpoint_dir(folder: str | Path, model: torch.nn.Module, optimizer, meta: dict[str, Any]) -> Path:
@@ -49,16 +50,19 @@ def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
 
 
 class _Worker(TrainWorker):
-    """State of one training worker; ``config`` is the plain data of :func:`loop_config`."""
+    """State of one training worker; ``loop_config``: the config and run context (``run_context.loop_config``)."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, loop_config: dict[str, Any]):
         import ray.train
 
-        super().__init__(config)
-        c = config
-        self.cfg = FlowConfig.from_dict(c["flow"])
-        torch.manual_seed(worker_seed(c["seed"], 0))
-        self.raw = ConditionalFlow(self.cfg, np.asarray(c["mapping_matrix"]), np.asarray(c["assignment"]))
+        from finegrain.trainables.flow.train_config import FlowTrainConfig
+        from finegrain.trainables.run_context import parse_loop_config
+
+        super().__init__(*parse_loop_config(loop_config, FlowTrainConfig))
+        payload = self.ctx.payload
+        self.cfg: FlowConfig = self.config.flow()
+        torch.manual_seed(worker_seed(self.seed, 0))
+        self.raw = ConditionalFlow(self.cfg, np.asarray(payload["mapping_matrix"]), np.asarray(payload["assignment"]))
         self.raw.to(self.device)
         self.opt = make_optimizer(self.raw)
         self.restore(self.raw, self.opt, load_checkpoint_state)
@@ -68,7 +72,7 @@ class _Worker(TrainWorker):
     def _reseed(self) -> None:
         """The noise generator as a function of (seed, rank, step): after a checkpoint, a resumed run draws
         what the uninterrupted one draws."""
-        self.gen = torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], self.rank, self.step))
+        self.gen = torch.Generator(self.device).manual_seed(worker_seed(self.seed, self.rank, self.step))
 
     def _pairs(self, batch: dict):
         prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
@@ -77,7 +81,7 @@ class _Worker(TrainWorker):
     def _train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         for g in self.opt.param_groups:
-            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, int(self.c["max_steps"]))
+            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, self.config.training.max_steps)
         prev, cg, aa = self._pairs(batch)
         with self.autocast():
             loss = self.model(aa, cg, prev, generator=self.gen)
@@ -91,9 +95,10 @@ class _Worker(TrainWorker):
         import ray.train
 
         self.raw.eval()
-        gen = torch.Generator(self.device).manual_seed(worker_seed(self.c["seed"], 7, self.rank))
+        t = self.config.training
+        gen = torch.Generator(self.device).manual_seed(worker_seed(self.seed, 7, self.rank))
         sums = torch.zeros(4, dtype=torch.float64)  # loss * B, B, sum nll, n nll
-        want = -(-int(self.c["val_nll_frames"]) // self.world)
+        want = -(-t.val_nll_frames // self.world)
         for batch in ray.train.get_dataset_shard("validation").iter_torch_batches(
                 batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device):
             prev, cg, aa = self._pairs(batch)
@@ -102,8 +107,8 @@ class _Worker(TrainWorker):
             sums[1] += aa.shape[0]
             k = min(want - int(sums[3]), aa.shape[0])
             if k > 0:  # the frame-only density q(x | y), the one entropies use
-                lp = self.raw.log_prob(aa[:k], cg[:k], None, divergence=self.c["val_divergence"], generator=gen,
-                                       method="rk4", steps=int(self.c["val_steps"]))
+                lp = self.raw.log_prob(aa[:k], cg[:k], None, divergence=t.val_divergence, generator=gen,
+                                       method="rk4", steps=t.val_steps)
                 sums[2] += float(-lp.double().sum())
                 sums[3] += k
         if self.world > 1:
@@ -115,8 +120,9 @@ class _Worker(TrainWorker):
         return out
 
     def _meta(self, final: bool) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "flow": self.cfg.to_dict(), "assignment": self.c["assignment"],
-                "n_atoms": self.n_atoms, "n_beads": self.n_beads, "mapping": self.c.get("mapping_name"),
+        return {"step": self.step, "epoch": self.epoch, "flow": self.cfg.to_dict(),
+                "assignment": self.ctx.payload["assignment"], "n_atoms": self.n_atoms, "n_beads": self.n_beads,
+                "mapping": self.ctx.mapping_name,
                 "world_size": self.world, "final": final}
 
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
@@ -129,7 +135,7 @@ class _Worker(TrainWorker):
         return dict(means)
 
     def run(self) -> None:
-        self.train(int(self.c["max_steps"]), self.cfg.batch_size, "train flow", checkpoint_last=True)
+        self.train(self.config.training.max_steps, self.cfg.batch_size, "train flow", checkpoint_last=True)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -137,22 +143,9 @@ def train_loop_per_worker(config: dict) -> None:
     _Worker(config).run()
 
 
-def loop_config(config: "FlowTrainConfig", manifest, mapping, assignment, *, local_mode: bool, storage_dir: Path,
-                has_validation: bool, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
-    """The plain-data ``train_loop_config`` of :func:`train_loop_per_worker`."""
-    t = config.training
-    return {
-        "flow": config.flow().to_dict(), "n_atoms": manifest.n_atoms, "n_beads": manifest.n_beads,
-        "mapping_matrix": np.asarray(mapping.matrix).tolist(), "mapping_name": mapping.name,
-        "assignment": [int(a) for a in assignment], "system": manifest.system, "seed": t.seed,
-        "max_steps": t.max_steps, "log_every": t.log_every, "eval_every": t.eval_every,
-        "checkpoint_every": t.checkpoint_every, "has_validation": has_validation, "use_gpu": t.use_gpu,
-        "cpus_per_worker": t.cpus_per_worker, "val_nll_frames": t.val_nll_frames,
-        "val_divergence": t.val_divergence, "val_steps": t.val_steps, "shuffle_buffer": config.data.shuffle_buffer,
-        "precision": t.precision, "compile": t.compile,
-        "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None, "local_mode": local_mode,
-        "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri, "progress": t.progress,
-    }
+def run_payload(mapping, assignment) -> dict[str, Any]:
+    """The data the workers need (``RunContext.payload``): the mapping matrix and each atom's prior bead."""
+    return {"mapping_matrix": np.asarray(mapping.matrix).tolist(), "assignment": [int(a) for a in assignment]}
 
 
 def fit(config: "FlowTrainConfig"):
@@ -182,6 +175,6 @@ def fit_detailed(config: "FlowTrainConfig") -> FitResult:
     assignment = training_assignment(data.shards, data.manifest, data.mapping, data.splits["train"])
     return run_training(
         config, "flow", data, train_loop_per_worker,
-        lambda **kw: loop_config(config, data.manifest, data.mapping, assignment, **kw),
+        run_payload(data.mapping, assignment),
         lambda ck_dir, info: FlowBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping, info=info),
         extra_params={"mapping.n_beads": data.mapping.n_beads})

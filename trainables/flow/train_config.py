@@ -67,6 +67,7 @@ class FlowTrainConfig(TrainingConfigBase):
     """The whole configuration of one flow training run."""
 
     FAMILY: ClassVar[str] = "flow"
+    MODEL_CONFIG: ClassVar[type] = FlowConfig
 
     data: DataSection
     model: FlowModelSection = Field(default_factory=FlowModelSection)

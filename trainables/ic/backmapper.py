@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from finegrain.platform.science.mapping import CGMapping
-from finegrain.platform.science.validation import InputError, check_xyz
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
 from finegrain.trainables.ic.zmatrix import ZMatrix, anchor_atoms
-from finegrain.trainables.protocol import Backmapper
+from finegrain.trainables.checkpoints import read_checkpoint
+from finegrain.trainables.protocol import Backmapper, load_weights
 
 __all__ = ["ICBackmapper"]
 
@@ -95,20 +97,16 @@ class ICBackmapper(Backmapper):
 
     @classmethod
     def _from_saved(cls, topology, mapping: CGMapping, config: dict, state: dict) -> "ICBackmapper":
-        model = ConditionalIC(ICConfig.from_dict(config["ic"]), ZMatrix.from_dict(config["zmatrix"]))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(f"ic weights do not fit the saved config: {exc}") from None
-        return cls(topology, mapping, model.to(state["ic_mean"].dtype),
-                   info=config.get("info"))
+        return cls(topology, mapping, _model(config, state), info=config.get("info"))
 
     @classmethod
     def from_checkpoint(cls, folder, topology, mapping: CGMapping, info: dict | None = None) -> "ICBackmapper":
         """Rebuild from a training checkpoint folder (see :mod:`.train`)."""
-        from finegrain.trainables.ic.train import load_checkpoint_state
+        ck = read_checkpoint(folder, "ic", "ic")
+        return cls(topology, mapping, _model(ck["meta"], ck["model"]), info=info)
 
-        ck = load_checkpoint_state(folder)
-        model = ConditionalIC(ICConfig.from_dict(ck["meta"]["ic"]), ZMatrix.from_dict(ck["meta"]["zmatrix"]))
-        model.load_state_dict(ck["model"])
-        return cls(topology, mapping, model, info=info)
+
+def _model(config: dict, state: dict) -> ConditionalIC:
+    """The model of a saved config (``ic``, ``zmatrix``) with its weights."""
+    model = ConditionalIC(ICConfig.from_dict(config["ic"]), ZMatrix.from_dict(config["zmatrix"]))
+    return load_weights(model, state, "ic")

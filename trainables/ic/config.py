@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finegrain.trainables.model_config import ModelConfig, positive_int, positive_number
+from finegrain.trainables.model_config import ModelConfig, ModelConfigError, positive_int, positive_number
 
 __all__ = ["ICConfig"]
 
@@ -48,12 +48,13 @@ class ICConfig(ModelConfig):
     def __post_init__(self) -> None:
         for name in ("hidden", "layers", "components", "batch_size"):
             if not positive_int(getattr(self, name)):
-                raise ValueError(f"ICConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+                raise ModelConfigError(f"ICConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}", name)
         for name in ("min_scale", "max_concentration", "fixed_tolerance", "learning_rate"):
             if not positive_number(getattr(self, name)):
-                raise ValueError(f"ICConfig.{name}: expected a number > 0, got {getattr(self, name)!r}")
+                raise ModelConfigError(f"ICConfig.{name}: expected a number > 0, got {getattr(self, name)!r}", name)
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"ICConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+            raise ModelConfigError(
+                f"ICConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}", "weight_decay")
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "ICConfig":

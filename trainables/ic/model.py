@@ -16,7 +16,7 @@ Placing the atoms (:func:`.zmatrix.place`) keeps every bead atom exactly where
 its bead is: the CG constraint holds by construction. Internal-coordinate
 generative models of molecules: Noe, Olsson, Koehler & Wu, "Boltzmann
 generators", Science 2019 (the bond/angle/torsion representation); the
-backmapping use follows the fixed-bead fibre view of seed 000.
+backmapping use follows the fixed-bead fibre view x = C+ y + N eta.
 """
 
 from __future__ import annotations

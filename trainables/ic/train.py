@@ -3,7 +3,8 @@
 The driver (:func:`fit_detailed`) builds the Z-matrix from the shard folder's
 topology and mapping, fits the standardisation on up to
 ``training.statistics_frames`` training frames (evenly spaced over every
-training trajectory) and hands it to the workers as plain lists. Per step: a
+training trajectory) and hands both to the workers as plain lists (the
+``payload`` of the run's :class:`~finegrain.trainables.run_context.RunContext`). Per step: a
 batch of (CG(t), AA(t)) [B, *, 3] nm from the worker's Ray Data shard; loss:
 mean -log q(z(x) | y) per frame (nats); AdamW with warm-up + cosine decay
 (the flow's schedule); gradient-norm clip 10. Validation: ``val_nll`` on
@@ -24,32 +25,35 @@ from finegrain.trainables.flow.fit import lr_factor
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
 from finegrain.trainables.ic.zmatrix import ZMatrix, build_zmatrix
-from finegrain.trainables.ray_run import FitResult, TrainWorker, read_checkpoint, write_checkpoint
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
+from finegrain.trainables.ray_run import FitResult, TrainWorker
 
 if TYPE_CHECKING:
     from finegrain.trainables.ic.train_config import ICTrainConfig
 
-__all__ = ["fit_detailed", "train_loop_per_worker", "loop_config", "load_checkpoint_state", "fitted_statistics"]
+__all__ = ["fit_detailed", "train_loop_per_worker", "run_payload", "load_checkpoint_state", "fitted_statistics"]
 
 def load_checkpoint_state(folder: str | Path) -> dict[str, Any]:
-    """{"meta", "model", "optimizer"?} of an ic checkpoint folder (weights_only loads)."""
+    """{"meta", "model", "optimizer"?} of a ic checkpoint folder (weights_only loads)."""
     return read_checkpoint(folder, "ic", "ic")
 
 
 class _Worker(TrainWorker):
-    """State of one training worker; ``config`` is the plain data of :func:`loop_config`."""
+    """State of one training worker; ``loop_config``: the config and run context (``run_context.loop_config``)."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, loop_config: dict[str, Any]):
         import ray.train
 
+        from finegrain.trainables.ic.train_config import ICTrainConfig
         from finegrain.trainables.ray_run import worker_seed
+        from finegrain.trainables.run_context import parse_loop_config
 
-        super().__init__(config)
-        c = config
-        self.cfg = ICConfig.from_dict(c["ic"])
-        torch.manual_seed(worker_seed(c["seed"], 0))
-        self.raw = ConditionalIC(self.cfg, ZMatrix.from_dict(c["zmatrix"]))
-        self.raw.load_statistics(c["statistics"])
+        super().__init__(*parse_loop_config(loop_config, ICTrainConfig))
+        payload = self.ctx.payload
+        self.cfg: ICConfig = self.config.ic()
+        torch.manual_seed(worker_seed(self.seed, 0))
+        self.raw = ConditionalIC(self.cfg, ZMatrix.from_dict(payload["zmatrix"]))
+        self.raw.load_statistics(payload["statistics"])
         self.raw.to(self.device)
         self.opt = torch.optim.AdamW(self.raw.parameters(), lr=self.cfg.learning_rate,
                                      weight_decay=self.cfg.weight_decay)
@@ -59,12 +63,12 @@ class _Worker(TrainWorker):
     def _reseed(self) -> None:
         from finegrain.trainables.ray_run import worker_seed
 
-        torch.manual_seed(worker_seed(self.c["seed"], self.rank, self.step))
+        torch.manual_seed(worker_seed(self.seed, self.rank, self.step))
 
     def _train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         for g in self.opt.param_groups:
-            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, int(self.c["max_steps"]))
+            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, self.config.training.max_steps)
         _, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
         with self.autocast():
             loss = -self.model(aa, cg).mean()
@@ -92,8 +96,9 @@ class _Worker(TrainWorker):
     def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
         def save(folder: Path) -> None:
             write_checkpoint(folder, self.raw, self.opt, {
-                "step": self.step, "epoch": self.epoch, "ic": self.cfg.to_dict(), "zmatrix": self.c["zmatrix"],
-                "n_atoms": self.n_atoms, "n_beads": self.n_beads, "world_size": self.world, "final": final})
+                "step": self.step, "epoch": self.epoch, "ic": self.cfg.to_dict(),
+                "zmatrix": self.ctx.payload["zmatrix"], "n_atoms": self.n_atoms, "n_beads": self.n_beads,
+                "world_size": self.world, "final": final})
 
         self.report(metrics, save if checkpoint else None)
 
@@ -101,7 +106,7 @@ class _Worker(TrainWorker):
         return dict(means)
 
     def run(self) -> None:
-        self.train(int(self.c["max_steps"]), self.cfg.batch_size, "train ic", checkpoint_last=True)
+        self.train(self.config.training.max_steps, self.cfg.batch_size, "train ic", checkpoint_last=True)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -120,20 +125,9 @@ def fitted_statistics(model: ConditionalIC, shards: Path, train_ids: list[str], 
     return model.statistics()
 
 
-def loop_config(config: "ICTrainConfig", manifest, zm: ZMatrix, statistics: dict, *, local_mode: bool,
-                storage_dir: Path, has_validation: bool, run_id: str | None, tracking_uri: str | None) -> dict:
-    """The plain-data ``train_loop_config`` of :func:`train_loop_per_worker`."""
-    t = config.training
-    return {
-        "ic": config.ic().to_dict(), "zmatrix": zm.to_dict(), "statistics": statistics,
-        "n_atoms": manifest.n_atoms, "n_beads": manifest.n_beads, "system": manifest.system, "seed": t.seed,
-        "max_steps": t.max_steps, "log_every": t.log_every, "eval_every": t.eval_every,
-        "checkpoint_every": t.checkpoint_every, "has_validation": has_validation, "use_gpu": t.use_gpu,
-        "cpus_per_worker": t.cpus_per_worker, "shuffle_buffer": config.data.shuffle_buffer,
-        "precision": t.precision, "compile": t.compile,
-        "resume_from": str(Path(t.resume_from).resolve()) if t.resume_from else None, "local_mode": local_mode,
-        "storage_dir": str(storage_dir), "run_id": run_id, "tracking_uri": tracking_uri, "progress": t.progress,
-    }
+def run_payload(zm: ZMatrix, statistics: dict) -> dict[str, Any]:
+    """The fitted data the workers need (``RunContext.payload``): the Z-matrix and the standardisation."""
+    return {"zmatrix": zm.to_dict(), "statistics": statistics}
 
 
 def fit_detailed(config: "ICTrainConfig") -> FitResult:
@@ -148,7 +142,7 @@ def fit_detailed(config: "ICTrainConfig") -> FitResult:
 
     return run_training(
         config, "ic", data, train_loop_per_worker,
-        lambda **kw: loop_config(config, data.manifest, zm, stats, **kw),
+        run_payload(zm, stats),
         lambda ck_dir, info: ICBackmapper.from_checkpoint(ck_dir, data.topology, data.mapping, info=info),
         extra_params={"mapping.n_beads": data.mapping.n_beads, "model.n_internal_coordinates": int(
             ConditionalIC(config.ic(), zm).n_ic)})

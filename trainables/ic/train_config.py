@@ -61,6 +61,7 @@ class ICTrainConfig(TrainingConfigBase):
     """The whole configuration of one internal-coordinate training run."""
 
     FAMILY: ClassVar[str] = "ic"
+    MODEL_CONFIG: ClassVar[type] = ICConfig
 
     data: DataSection
     model: ICModelSection = Field(default_factory=ICModelSection)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from finegrain.platform.science.validation import InputError
+from finegrain.platform.science.errors import InputError
 
 __all__ = ["ZMatrix", "build_zmatrix", "anchor_atoms", "internal_coordinates", "place", "dihedral", "angle",
            "random_rotations"]

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from finegrain.platform.science.errors import InputError
+
 
 def register(app: typer.Typer) -> None:
     app.command()(systems)
@@ -80,12 +82,12 @@ def ingest(
 
     if sim_dir is not None:
         if top or traj:
-            raise ValueError("ingest: give either SIM_DIR or --top/--traj, not both")
+            raise InputError("ingest: give either SIM_DIR or --top/--traj, not both")
         top_path, system_name, sources = sources_from_simulation(sim_dir)
         system = system or system_name
     else:
         if top is None or not traj:
-            raise ValueError("ingest: give SIM_DIR, or --top with one or more --traj")
+            raise InputError("ingest: give SIM_DIR, or --top with one or more --traj")
         top_path = str(top)
         sources = [TrajectorySource(traj_id=f"{p.stem}-{i:03d}", path=str(Path(p).resolve())) for i, p in enumerate(traj)]
     if mapping.endswith((".yaml", ".yml")):
@@ -93,7 +95,7 @@ def ingest(
     elif system is not None:
         cg = get_system(system).mapping(mapping)
     else:
-        raise ValueError(f"mapping: {mapping!r} is not a YAML file; name its system with --system")
+        raise InputError(f"mapping: {mapping!r} is not a YAML file; name its system with --system")
     connect_ray()
     man = run(top_path, sources, cg, out, system=system or "custom", chunk_frames=chunk_frames, overwrite=overwrite)
     typer.echo(

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from finegrain.platform.apps.console import ranking_table
+
 app = typer.Typer(help="Mapping entropies: how much atomistic information each CG mapping throws away.",
                   no_args_is_help=True)
 
@@ -44,42 +46,10 @@ def compare(
     from finegrain.platform.apps.entropy_compare import CompareConfig, compare_mappings
 
     console = Console()
-    try:
-        names = tuple(m.strip() for m in mappings.split(",") if m.strip())
-        cfg = CompareConfig(shards=shards, system=system, mappings=names, budget=budget, flow_config=config, overrides=tuple(set_ or ()), experiment=experiment,
-                            eval_frames=eval_frames, divergence=divergence, n_probes=probes, n_clusters=clusters,
-                            temperature_k=temperature, giulini_tol=cluster_tol, reuse=reuse, seed=seed)
-        res = compare_mappings(cfg, echo=console.print)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+    names = tuple(m.strip() for m in mappings.split(",") if m.strip())
+    cfg = CompareConfig(shards=shards, system=system, mappings=names, budget=budget, flow_config=config, overrides=tuple(set_ or ()), experiment=experiment,
+                        eval_frames=eval_frames, divergence=divergence, n_probes=probes, n_clusters=clusters,
+                        temperature_k=temperature, giulini_tol=cluster_tol, reuse=reuse, seed=seed)
+    res = compare_mappings(cfg, echo=console.print)
     console.print(ranking_table(res.rows, system, budget))
     console.print(f"MLflow parent run {res.parent_run_id} (experiment {experiment}); plot {res.plot}")
-
-
-def ranking_table(rows: list[dict], system: str, budget: int):
-    """A rich Table of ranked comparison rows (nats per atomistic dof; rank by the flow's S_map').
-
-    S_map' (flow, Gauss): w.r.t. the maxent Gaussian fibre reference;
-    S_map EV: Giulini's energy-variance estimate at the k the doubling check
-    reached ("*": not converged, an upper bound); H(X|Y) flow with its 95 %
-    block-bootstrap CI ("!": under-trained by the nested-mapping check).
-    """
-    from rich.table import Table
-
-    table = Table(title=f"mapping entropy, {system} (flow budget {budget} steps; nats per atomistic dof)")
-    for col in ("rank", "mapping", "beads", "fibre dim", "S_map' flow", "S_map' Gauss", "S_map EV (k)",
-                "H(X|Y) flow [95% CI]", "H(X|Y) Gauss"):
-        table.add_column(col, justify="left" if col == "mapping" else "right")
-    for r in rows:
-        ev = f"{r['smap_giulini_per_dof']:.4f}"
-        if "giulini_k2" in r:
-            ev += f" ({r['giulini_k2']:.0f}{'' if r.get('giulini_converged') == 1.0 else '*'})"
-        h = (f"{r['h_cond_flow_per_dof']:.4f} [{r['h_cond_flow_ci_low_per_dof']:.4f}, "
-             f"{r['h_cond_flow_ci_high_per_dof']:.4f}]{' !' if r.get('under_trained') else ''}")
-        table.add_row(str(r["rank"]), r["mapping"], str(r["n_beads"]), f"{r['fibre_dim']:.0f}",
-                      f"{r['smap_flow_per_dof']:.4f}", f"{r['smap_gauss_per_dof']:.4f}", ev, h,
-                      f"{r['h_cond_gauss_per_dof']:.4f}")
-    table.caption = ("S_map': vs the maxent Gaussian fibre reference; S_map EV: Giulini energy variance (another "
-                     "quantity); *: k-doubling not converged; !: under-trained (nested-mapping check)")
-    return table

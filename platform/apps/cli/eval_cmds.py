@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from finegrain.platform.apps.console import leaderboard_table
+
 
 def register(app: typer.Typer) -> None:
     app.command()(evaluate)
@@ -40,10 +42,12 @@ def evaluate(
     from rich.console import Console
 
     from finegrain.platform.apps.evaluation import evaluate as run
+    from finegrain.platform.services.stack import tracking_uri
+    from finegrain.platform.services.tracking import Tracker
 
     res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
               split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference,
-              refine=refine)
+              refine=refine, tracker=Tracker.connect(tracking_uri()))
     console = Console()
     for k in sorted(res.metrics):
         console.print(f"{k:32s} {res.metrics[k]:.6g}")
@@ -62,43 +66,28 @@ def leaderboard(
     from finegrain.platform.apps.leaderboard import leaderboard as board
     from finegrain.platform.apps.leaderboard import log_leaderboard
 
-    rows = board(system, data_hash=data, evaluation=evaluation)
+    from finegrain.platform.services.stack import tracking_uri
+    from finegrain.platform.services.tracking import Tracker
+
+    tracker = Tracker.connect(tracking_uri())
+    rows = board(system, tracker, data_hash=data, evaluation=evaluation)
     console = Console()
     console.print(leaderboard_table(rows, system))
     if log and rows:
-        console.print(f"logged to MLflow run {log_leaderboard(rows, system)}")
-
-
-def leaderboard_table(rows: list[dict], system: str):
-    """A rich Table of leaderboard rows (also used by the demo): one row per metric, one column per model."""
-    from rich.table import Table
-
-    from finegrain.platform.apps.leaderboard import leaderboard_rows
-
-    header, body = leaderboard_rows(rows)
-    title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
-    table = Table(title=title, caption="value [95 % block-bootstrap CI] value/floor (floor: the reference against "
-                                       "itself, two halves); models best first by the "
-                                       "composite: mean log10 of the ratios over CG-RMSD, heavy-bond JS, angle JS, "
-                                       "energy W1 and p99 excess, clash score (+ velocity JS for temporal models); "
-                                       "0 = at the floor")
-    for k, name in enumerate(header):
-        table.add_column(name, justify="left" if k == 0 else "right", no_wrap=k == 0)
-    for line in body:
-        table.add_row(*line)
-    return table
+        console.print(f"logged to MLflow run {log_leaderboard(rows, system, tracker)}")
 
 
 def baseline(
-    family: str = typer.Argument(..., help="nullspace (seed 000 fibre sampler) or em (placement + restrained minimisation)."),
+    family: str = typer.Argument(..., help="nullspace (null-space fibre sampler) or em (placement + restrained minimisation)."),
     shards: Path = typer.Option(..., help="Training shard folder."),
     register_as: Optional[str] = typer.Option(None, help="Also register the model under this name."),
     seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
 ) -> None:
     """Fit a baseline on a shard folder and log it to MLflow; prints the model URI."""
     from finegrain.platform.services.stack import tracking_uri
+    from finegrain.platform.services.tracking import Tracker
     from finegrain.trainables.baseline_fit import fit_baseline
 
-    tracking_uri()  # fails clearly when the stack is not running
-    _, uri = fit_baseline(family, shards, seed=seed, registered_model_name=register_as)
+    tracker = Tracker.connect(tracking_uri())  # fails clearly when the stack is not running
+    _, uri = fit_baseline(family, shards, seed=seed, registered_model_name=register_as, tracker=tracker)
     typer.echo(f"model URI: {uri}")

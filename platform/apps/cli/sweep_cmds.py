@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-#: Seconds a stopped job's driver gets between SIGTERM and SIGKILL.
-JOB_STOP_WAIT_S = 60
+from finegrain.platform.apps.console import submit_job
+
 
 
 def register(app: typer.Typer) -> None:
@@ -40,13 +38,9 @@ def sweep(
         parsed.check_resources(ray.cluster_resources())  # refused here, before a job starts
         args = [str(spec)] + sum((["--set", s] for s in overrides), []) + (["--resume"] if resume else [])
         sys.exit(submit_job(["finegrain", "sweep", *args]))
-    from finegrain.sweeps.driver import SweepInterrupted, run_sweep
+    from finegrain.sweeps.driver import run_sweep
 
-    try:
-        res = run_sweep(parsed, resume=resume)
-    except SweepInterrupted as exc:
-        typer.secho(f"interrupted: {exc}", fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(130) from None
+    res = run_sweep(parsed, resume=resume)  # SweepInterrupted: the CLI prints "interrupted: ..." and exits 130
     typer.echo(f"sweep {parsed.name}: {res.n_trials} trials; MLflow parent run {res.parent_run_id}")
     if not res.best:
         typer.secho(f"error: no trial of sweep {parsed.name} finished with a finite {parsed.metric}; see the trial "
@@ -58,39 +52,3 @@ def sweep(
         was = "none" if p["champion_value"] is None else f"{p['champion_value']:.6g} (v{p['champion_version']})"
         typer.echo(f"registry: {p['name']} v{p['version']} -> {p['alias']} ({p['metric']} {p['value']:.6g}; "
                    f"champion before: {was})")
-
-
-def submit_job(entrypoint: list[str], working_dir: str = ".", poll_s: float = 1.0) -> int:
-    """Submit ``entrypoint`` to the local stack's job server with its auth token; stream logs; return 0 on success.
-
-    The same as ``eval "$(finegrain stack env)"; ray job submit --address URL --working-dir . -- ...``.
-    """
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from finegrain.platform.services.stack import LocalStack, use_token
-
-    st = LocalStack().require()
-    use_token(st)
-    client = JobSubmissionClient(st.dashboard_url)
-    # `ray job stop` sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's default 3 s): give the
-    # sweep time to stop its trials and free their resources (the supervisor reads it from the job's env)
-    env = {"RAY_JOB_STOP_WAIT_TIME_S": str(JOB_STOP_WAIT_S)}
-    job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={"working_dir": working_dir,
-                                                                                "env_vars": env})
-    typer.echo(f"submitted job {job_id} to {st.dashboard_url}")
-    shown = 0
-    try:
-        while True:
-            status = client.get_job_status(job_id)
-            logs = client.get_job_logs(job_id)
-            sys.stdout.write(logs[shown:])
-            sys.stdout.flush()
-            shown = len(logs)
-            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-                typer.echo(f"job {job_id}: {status.value}")
-                return 0 if status == JobStatus.SUCCEEDED else 1
-            time.sleep(poll_s)
-    except KeyboardInterrupt:  # Ctrl-C here stops the job too (Tune saves its state: --resume continues)
-        client.stop_job(job_id)
-        typer.echo(f"stopped job {job_id}")
-        return 130

@@ -2,7 +2,9 @@
 
 Registered on the main app with ``train_cmds.register(app)``.  User errors
 (bad config keys, a CG trajectory that does not fit the model's mapping, a
-missing file) end the command with one ``error: ...`` line and exit code 2.
+missing file) raise :class:`~finegrain.platform.science.errors.InputError` and
+friends; the CLI's one handler (``finegrain.platform.apps.cli``) prints them
+as one ``error: ...`` line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -12,21 +14,13 @@ from typing import List, Optional
 
 import typer
 
+from finegrain.platform.science.errors import InputError
+from finegrain.trainables.protocol import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command()(backmap)
-
-
-def _fail(exc: BaseException) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from finegrain.platform.services.stack import StackNotRunning
-
-    return (ValueError, FileNotFoundError, FileExistsError, StackNotRunning)
 
 
 def train(
@@ -38,14 +32,11 @@ def train(
 
     from finegrain.trainables.protocol import trainer_for
 
-    try:
-        data = yaml.safe_load(config.read_text()) if config.is_file() else None
-        family = data.get("family") or "cvae" if isinstance(data, dict) else "cvae"
-        config_cls, fit_detailed = trainer_for(family)
-        cfg = config_cls.from_yaml(config, list(set_ or []))
-        result = fit_detailed(cfg)
-    except _user_errors() as exc:
-        _fail(exc)
+    data = yaml.safe_load(config.read_text()) if config.is_file() else None
+    family = data.get("family") or "cvae" if isinstance(data, dict) else "cvae"
+    config_cls, fit_detailed = trainer_for(family)
+    cfg = config_cls.from_yaml(config, list(set_ or []))
+    result = fit_detailed(cfg)
     typer.echo(f"run id: {result.run_id or '-'}")
     typer.echo(f"model uri: {result.model_uri or '-'}")
     typer.echo(f"model folder: {result.model_folder}")
@@ -73,43 +64,40 @@ def backmap(
     """Backmap a CG trajectory to all-atom with a trained model (here, or on a server: --endpoint)."""
     import mdtraj as md
 
-    from finegrain.platform.services.tracking import load_backmapper_any
+    from finegrain.trainables.persistence import load_backmapper_any
 
-    try:
-        for p, what in ((top, "top"), (traj, "traj")):
-            if not p.is_file():
-                raise FileNotFoundError(f"{what}: {p} does not exist")
-        if (model is None) == (endpoint is None):
-            raise ValueError("model: give exactly one of --model or --endpoint")
-        if endpoint is not None:
-            _backmap_remote(endpoint, top, traj, out, samples, seed, prior, project_cg, refine)
-            return
-        cg = md.load(str(traj), top=str(top))
-        bm = load_backmapper_any(model)
-        if prior is not None:
-            if prior not in ("gmm", "normal") or not hasattr(bm, "prior"):
-                raise ValueError(f"prior: expected 'gmm' or 'normal' (cVAE models only), got {prior!r}")
-            bm.prior = prior
-        if project_cg:
-            if not hasattr(bm, "project_cg"):
-                raise ValueError(f"--project-cg: not supported by {bm.family} models")
-            bm.project_cg = True
-        trajs = bm.backmap(cg, n_samples=samples, seed=seed)
-        if refine:
-            import numpy as np
+    for p, what in ((top, "top"), (traj, "traj")):
+        if not p.is_file():
+            raise InputError(f"{what}: {p} does not exist")
+    if (model is None) == (endpoint is None):
+        raise InputError("model: give exactly one of --model or --endpoint")
+    if endpoint is not None:
+        _backmap_remote(endpoint, top, traj, out, samples, seed, prior, project_cg, refine)
+        return
+    cg = md.load(str(traj), top=str(top))
+    bm = load_backmapper_any(model, _tracker_for(model))
+    if prior is not None:
+        if prior not in ("gmm", "normal") or "prior" not in FAMILIES[bm.family].options:
+            raise InputError(f"prior: expected 'gmm' or 'normal' (cVAE models only), got {prior!r}")
+        bm.prior = prior
+    if project_cg:
+        if "project_cg" not in FAMILIES[bm.family].options:
+            raise InputError(f"--project-cg: not supported by {bm.family} models")
+        bm.project_cg = True
+    trajs = bm.backmap(cg, n_samples=samples, seed=seed)
+    if refine:
+        import numpy as np
 
-            from finegrain.platform.science.refine import refine as refine_frames
+        from finegrain.trainables.refine import refine as refine_frames
 
-            xyz = refine_frames(np.stack([t.xyz for t in trajs]), cg.xyz, bm.mapping, system or bm.system_name,
-                                refine)
-            for t, x in zip(trajs, xyz):
-                t.xyz = x.astype(np.float32)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        paths = [out] if len(trajs) == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(len(trajs))]
-        for t, p in zip(trajs, paths):
-            t.save(str(p))
-    except _user_errors() as exc:
-        _fail(exc)
+        xyz = refine_frames(np.stack([t.xyz for t in trajs]), cg.xyz, bm.mapping, system or bm.system_name,
+                            refine)
+        for t, x in zip(trajs, xyz):
+            t.xyz = x.astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(trajs) == 1 else [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(len(trajs))]
+    for t, p in zip(trajs, paths):
+        t.save(str(p))
     typer.echo(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)} "
                f"({cg.n_frames} frames, {trajs[0].n_atoms} atoms)")
 
@@ -121,6 +109,16 @@ def _backmap_remote(endpoint: str, top: Path, traj: Path, out: Path, samples: in
 
     for given, name in ((prior is not None, "--prior"), (project_cg, "--project-cg")):
         if given:
-            raise ValueError(f"{name}: not available with --endpoint (the server's model settings apply)")
+            raise InputError(f"{name}: not available with --endpoint (the server's model settings apply)")
     paths = backmap_file_remote(endpoint, traj, top, out, samples=samples, seed=seed, refine=refine)
     typer.echo(f"wrote {len(paths)} file(s): {', '.join(str(p) for p in paths)} (backmapped by {endpoint})")
+
+
+def _tracker_for(model: str):
+    """The command's tracker when ``model`` is an MLflow URI (None for folders and zoo:NAME: no server needed)."""
+    if not model.startswith(("runs:/", "models:/")) and "://" not in model:
+        return None
+    from finegrain.platform.services.stack import tracking_uri
+    from finegrain.platform.services.tracking import Tracker
+
+    return Tracker.connect(tracking_uri())

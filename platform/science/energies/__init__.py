@@ -3,7 +3,7 @@
 Entry point::
 
     from finegrain.platform.science.energies import energy_model
-    model = energy_model("adp", backend="torch", dtype=torch.float64)
+    model = energy_model(get_system("adp"), backend="torch", dtype=torch.float64)  # finegrain.datasets.systems
     u = model(positions)                         # [B] kJ/mol, positions [B, N, 3] nm
     forces = -torch.autograd.grad(u.sum(), positions)[0]
     model.terms(positions)                       # {"bond", "angle", ..., "solvation"} -> [B]
@@ -47,23 +47,19 @@ __all__ = [
 ]
 
 
-def _resolve_system(system_or_name):
-    if isinstance(system_or_name, str):
-        from finegrain.datasets.systems import get_system
-
-        return get_system(system_or_name).create_system(constraints=None)
-    if hasattr(system_or_name, "create_system"):  # a ReferenceSystem
-        return system_or_name.create_system(constraints=None)
-    if hasattr(system_or_name, "getNumParticles") and hasattr(system_or_name, "getForces"):
-        return system_or_name
+def _resolve_system(system):
+    if hasattr(system, "create_system"):  # a ReferenceSystem (duck-typed: the data layer sits above this one)
+        return system.create_system(constraints=None)
+    if hasattr(system, "getNumParticles") and hasattr(system, "getForces"):
+        return system
     raise ValueError(
-        f"system_or_name: expected an openmm.System, a ReferenceSystem or a system name such as 'adp', "
-        f"got {type(system_or_name).__name__}"
+        f"system: expected an openmm.System or a ReferenceSystem (finegrain.datasets.systems.get_system), "
+        f"got {type(system).__name__}"
     )
 
 
 def energy_model(
-    system_or_name,
+    system,
     backend: str = "torch",
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
@@ -73,9 +69,8 @@ def energy_model(
 ) -> torch.nn.Module:
     """A module computing U(x) [B] (kJ/mol) from positions [B, N, 3] (nm); forces by autograd.
 
-    system_or_name : openmm.System, a ReferenceSystem, or a reference-system
-        name ("adp", "chignolin", a YAML file); names are built with
-        ``create_system(constraints=None)`` (constraints add no energy).
+    system : openmm.System, or a ReferenceSystem (``get_system("adp")``), which is
+        built with ``create_system(constraints=None)`` (constraints add no energy).
     backend : "torch" (:class:`TorchForceField`) or "openmm" (:class:`OpenMMEnergy`).
     device, dtype : where/in which precision energies are computed and returned;
         dtype None -> float32 for "torch" (training speed), float64 for "openmm".
@@ -89,7 +84,7 @@ def energy_model(
     """
     if backend not in ("torch", "openmm"):
         raise ValueError(f"backend: expected 'torch' or 'openmm', got {backend!r}")
-    system = _resolve_system(system_or_name)
+    system = _resolve_system(system)
     if backend == "torch":
         return TorchForceField.from_system(
             system, fallback=fallback, device=device, dtype=torch.float32 if dtype is None else dtype,

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finegrain.platform.science.errors import FinegrainError
+
 __all__ = [
     "FORMAT_VERSION",
     "PARAMETER_KEYS",
@@ -97,7 +99,7 @@ _SHAPES = {
 PARAMETER_KEYS = tuple(_SHAPES)
 
 
-class UnsupportedForceError(ValueError):
+class UnsupportedForceError(FinegrainError, ValueError):
     """A System holds forces the torch force field cannot evaluate."""
 
 

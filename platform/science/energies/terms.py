@@ -201,7 +201,7 @@ def soft_cap(u: torch.Tensor, u_max: float, mode: str = "log") -> torch.Tensor:
     above (continuous with slope 1 at u_max, so C1; the gradient above the cap
     is grad(u) / (1 + u - u_max) ~ grad(log u): bounded, non-zero, and the
     ordering of frames is kept).
-    mode "clamp": min(u, u_max) as in paper 001 (zero gradient above the cap).
+    mode "clamp": min(u, u_max) as in Shmilovich et al. (2022) (zero gradient above the cap).
     """
     if mode == "clamp":
         return torch.clamp(u, max=u_max)

@@ -24,7 +24,7 @@ few dozen terms), and their per-atom gradients are rows added onto their
 atoms with ``index_add``.  Like the ``[B, N, N]`` pair matrices this suits the
 small systems backmapping works with (N up to a few hundred atoms).
 
-Training safety (``u_max``): paper 001 (section 2.3, Table 1: U_max = 1e5
+Training safety (``u_max``): Shmilovich et al. (2022) (section 2.3, Table 1: U_max = 1e5
 kJ/mol for chignolin, none for ADP) clamps the reconstructed energy,
 ``L_ENERGY(U_AA, min(U_hat, U_max))``.  A plain clamp has zero gradient above
 the cap, and overlapping atoms still produce inf/NaN gradients *inside* the
@@ -109,7 +109,7 @@ class TorchForceField(torch.nn.Module):
     parameters : dict of arrays (see :mod:`~finegrain.platform.science.energies.parameters`)
     dtype, device : compute dtype (float32/float64) and device; positions are cast.
     u_max : None (exact energies) or the training cap in kJ/mol (see module doc).
-    cap : "log" (smooth, default) or "clamp" (paper 001); used only with u_max.
+    cap : "log" (smooth, default) or "clamp" (Shmilovich et al. (2022)); used only with u_max.
     r_min : pair-distance floor (nm) applied only when u_max is set.
     fallback : optional module (e.g. :class:`OpenMMEnergy` of a reduced System)
         whose energy is added as the term "other".

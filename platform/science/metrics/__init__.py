@@ -1,4 +1,4 @@
-"""Evaluation metrics: reference AA vs backmapped AA (DESIGN.md "Evaluation").
+"""Evaluation metrics: reference AA vs backmapped AA (README "Reading the scores").
 
 Pure array functions (nm, ps, kJ/mol, radians; divergences in nats), split by
 concept:

@@ -12,7 +12,7 @@ from finegrain.platform.science.metrics.divergences import wasserstein_1
 
 __all__ = ["TAIL_PERCENTILE", "energy_metrics", "tail_excess"]
 
-#: The "high-energy tail" (seed 001 fig. 3): excess of this percentile of the
+#: The "high-energy tail" (Shmilovich et al. (2022), fig. 3): excess of this percentile of the
 #: backmapped energies over the same percentile of the reference.
 TAIL_PERCENTILE = 99.0
 

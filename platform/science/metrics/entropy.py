@@ -1,4 +1,7 @@
-"""Mapping-entropy estimators (DESIGN.md "Mapping entropy"; seeds 000, 004): pure array functions.
+"""Mapping-entropy estimators (README "Mapping entropy"): pure array functions.
+
+Mapping entropy as in Hummerich, Bereau and Köthe, "Split-Flows: Measure
+Transport and Information Loss Across Molecular Resolutions" (2025).
 
 Conventions.  A CG map is a matrix ``C`` [n, N] (rows summing to one) acting
 identically on x, y, z; coordinates in nm; entropies in nats per frame, and
@@ -10,7 +13,7 @@ S_map, which does not).
 
 The fibre measure for S_map.  A fibre of a linear map is unbounded, so
 "uniform over the fibre" needs a stated reference.  Here it is the
-maximum-entropy reference of seed 000: the isotropic Gaussian on the fibre
+maximum-entropy fibre reference: the isotropic Gaussian on the fibre
 about the anchor a(y) = C+ y + P B y (each atom at its assigned bead,
 projected onto the fibre; P = I - C+ C, B the one-hot assignment) whose
 width s matches the data's mean squared deviation from the anchor,

@@ -1,6 +1,7 @@
 """Free-energy surfaces: ADP Ramachandran (phi, psi) and chignolin's 2-D TICA of CA-CA distances.
 
-Seed 001 sec. 3.1.2 / 3.2.2. Surfaces are 2-D histograms on fixed bins; two
+Shmilovich et al., "Temporally coherent backmapping of molecular trajectories
+from coarse-grained to atomistic resolution" (2022), sec. 3.1.2 / 3.2.2. Surfaces are 2-D histograms on fixed bins; two
 surfaces are compared by KL(reference || backmapped) with the pseudo-count
 :data:`~finegrain.platform.science.metrics.divergences.FES_PSEUDO_COUNT` per bin, and
 by their JS divergence. Free energies for plots are -ln p in kT.

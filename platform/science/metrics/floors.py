@@ -22,6 +22,9 @@ plug-in divergences grow when resampling repeats frames, so raw percentile
 intervals of a JS or KL sit above the value they should bracket. The lower
 end of a score that cannot be negative is clipped at 0.
 
+Frames are :class:`~finegrain.platform.science.frames.Frames` or frames dicts (the keys of
+``read_frames``); resamples keep the kind they were given, and ``score`` receives that kind.
+
 Metric names: for a metric ``m`` the output adds ``m_ci_lo``, ``m_ci_hi``,
 ``m_floor``, ``m_floor_ci_lo``, ``m_floor_ci_hi`` and ``m_over_floor``
 (m / floor, where the floor is > 0).
@@ -34,10 +37,12 @@ the floor at the full frame count.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
+from finegrain.platform.science.frames import Frames
 from finegrain.platform.science.metrics.kinetics import split_trajectories
 
 __all__ = ["reference_halves", "block_indices", "take_frames", "bootstrap_ci", "score_with_floor",
@@ -55,17 +60,27 @@ NOT_BOOTSTRAPPED = ("n_frames", "n_frames_bm", "msm_lag_ps", "msm_n_states", "ms
 _PER_FRAME = ("aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol", "traj_id", "time_ps", "frame")
 
 
-def _n(d: dict) -> int:
-    return int(np.asarray(d["aa_xyz_nm"]).shape[0])
+def _n(d: dict | Frames) -> int:
+    return d.n_frames if isinstance(d, Frames) else int(np.asarray(d["aa_xyz_nm"]).shape[0])
 
 
-def _traj_rows(d: dict) -> list[np.ndarray]:
-    return split_trajectories(_n(d), d.get("traj_id"))
+def _traj_rows(d: dict | Frames) -> list[np.ndarray]:
+    return split_trajectories(_n(d), d.traj_id if isinstance(d, Frames) else d.get("traj_id"))
 
 
-def take_frames(d: dict, rows: np.ndarray, traj_id: np.ndarray | None = None) -> dict:
-    """The frames ``rows`` of a frames dict (per-frame keys sliced; ``samples`` [K, F, ...] on axis 1);
-    ``traj_id`` replaces the trajectory labels when given."""
+def _without_samples(d: dict | Frames) -> dict | Frames:
+    if isinstance(d, Frames):
+        return replace(d, samples=None)
+    return {k: v for k, v in d.items() if k != "samples"}
+
+
+def take_frames(d: dict | Frames, rows: np.ndarray, traj_id: np.ndarray | None = None) -> dict | Frames:
+    """The frames ``rows`` of a :class:`~finegrain.platform.science.frames.Frames` (``Frames.subset``) or of
+    a frames dict (per-frame keys sliced; ``samples`` [K, F, ...] on axis 1); ``traj_id`` replaces the
+    trajectory labels when given."""
+    if isinstance(d, Frames):
+        out = d.subset(rows)
+        return out if traj_id is None else replace(out, traj_id=traj_id)
     out = {}
     for k, v in d.items():
         if k in _PER_FRAME and v is not None:
@@ -79,8 +94,8 @@ def take_frames(d: dict, rows: np.ndarray, traj_id: np.ndarray | None = None) ->
     return out
 
 
-def reference_halves(reference: dict) -> tuple[dict, dict]:
-    """Two disjoint halves of a reference frames dict: whole trajectories dealt alternately (longest first,
+def reference_halves(reference: dict | Frames) -> tuple[dict | Frames, dict | Frames]:
+    """Two disjoint halves of reference frames (Frames or a frames dict): whole trajectories dealt alternately (longest first,
     to the lighter half) when there are two or more, else the first and second half in time."""
     parts = _traj_rows(reference)
     if len(parts) >= 2:
@@ -97,7 +112,7 @@ def reference_halves(reference: dict) -> tuple[dict, dict]:
     return take_frames(reference, ra), take_frames(reference, rb)
 
 
-def block_indices(d: dict, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def block_indices(d: dict | Frames, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One moving-block resample of a frames dict: rows [F'] and pseudo-trajectory labels [F'].
 
     Within each trajectory of T frames, ceil(T / block) blocks of ``block`` consecutive frames (the last
@@ -118,7 +133,7 @@ def block_indices(d: dict, block: int, rng: np.random.Generator) -> tuple[np.nda
     return np.concatenate(rows), np.concatenate(labels)
 
 
-def bootstrap_ci(score: Callable[[dict, dict], dict[str, float]], reference: dict, backmapped: dict, *,
+def bootstrap_ci(score: Callable, reference: dict | Frames, backmapped: dict | Frames, *,
                  n_boot: int = N_BOOTSTRAP, n_blocks: int = N_BLOCKS, seed: int = 0,
                  skip: tuple[str, ...] = NOT_BOOTSTRAPPED,
                  estimate: dict[str, float] | None = None) -> dict[str, tuple[float, float]]:
@@ -146,7 +161,7 @@ def bootstrap_ci(score: Callable[[dict, dict], dict[str, float]], reference: dic
         else:
             rows_b, labels_b = block_indices(backmapped, block_bm, rng)
             bm = take_frames(backmapped, rows_b, labels_b)
-        bm.pop("samples", None)  # diversity needs every sample of a frame; it is not resampled
+        bm = _without_samples(bm)  # diversity needs every sample of a frame; it is not resampled
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -168,8 +183,8 @@ def bootstrap_ci(score: Callable[[dict, dict], dict[str, float]], reference: dic
     return out
 
 
-def score_with_floor(score: Callable[[dict, dict], dict[str, float]], reference: dict, backmapped: dict, *,
-                     second_reference: dict | None = None, n_boot: int = N_BOOTSTRAP, n_blocks: int = N_BLOCKS,
+def score_with_floor(score: Callable, reference: dict | Frames, backmapped: dict | Frames, *,
+                     second_reference: dict | Frames | None = None, n_boot: int = N_BOOTSTRAP, n_blocks: int = N_BLOCKS,
                      seed: int = 0, estimate: dict[str, float] | None = None) -> dict[str, float]:
     """``score(reference, backmapped)`` with, for each metric, its interval, its floor and the floor's interval.
 
@@ -184,7 +199,7 @@ def score_with_floor(score: Callable[[dict, dict], dict[str, float]], reference:
                                         seed=seed, estimate=out).items():
             out[f"{k}_ci_lo"], out[f"{k}_ci_hi"] = lo, hi
     a, b = (reference, second_reference) if second_reference is not None else reference_halves(reference)
-    b = {k: v for k, v in b.items() if k != "samples"}
+    b = _without_samples(b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         floor = score(a, b)

@@ -1,6 +1,7 @@
 """Kinetics: MSMs on shared k-means states, implied timescales, eigenvector similarity (deeptime).
 
-Seed 001 (sec. 3.1.3, 3.2.3, SI): k-means centres are fitted on the *reference*
+Shmilovich et al., "Temporally coherent backmapping of molecular trajectories
+from coarse-grained to atomistic resolution" (2022), sec. 3.1.3, 3.2.3 and SI: k-means centres are fitted on the *reference*
 features only (100 for ADP in (phi, psi), 150 for chignolin in 2-D TICA) and
 the same centres assign states to the reference and the backmapped data; one
 reversible maximum-likelihood MSM is estimated for each (sliding-window counts
@@ -31,13 +32,13 @@ __all__ = [
     "kinetics_from_features",
 ]
 
-#: k-means centres when the system declares none (its YAML's ``evaluation.n_centres``; seed 001: ADP 100,
+#: k-means centres when the system declares none (its YAML's ``evaluation.n_centres``; Shmilovich et al. (2022): ADP 100,
 #: chignolin 150).
 DEFAULT_N_CENTRES = 100
-#: MSM lag time in ps when the system declares none (``evaluation.lag_ps``; seed 001 SI: ADP 5 ps,
+#: MSM lag time in ps when the system declares none (``evaluation.lag_ps``; Shmilovich et al. (2022), SI: ADP 5 ps,
 #: chignolin 4 ns).
 DEFAULT_LAG_PS = 5.0
-#: Number of slowest processes compared (seed 001 resolves 3 for ADP at 5 ps).
+#: Number of slowest processes compared (Shmilovich et al. (2022) resolve 3 for ADP at 5 ps).
 N_TIMESCALES = 3
 #: At most one centre per this many reference frames (keeps states populated on small data).
 MIN_FRAMES_PER_CENTRE = 10

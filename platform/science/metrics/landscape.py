@@ -2,11 +2,11 @@
 
 For each :class:`~finegrain.platform.science.metrics.features.FeatureSet`: a 2-D
 surface (two dihedrals directly, on 10-degree bins; any other set on its two
-slowest TICA components fitted on the reference, seed 001 sec. 3.2.2),
+slowest TICA components fitted on the reference, Shmilovich et al. (2022), sec. 3.2.2),
 compared by KL(reference || backmapped) and JS. Sets the mapping's beads fix
 are a CG-consistency check (prefix ``cg_``): a model on the fibre scores 0
 there whatever it does with the other atoms. The first set the beads leave
-free is the headline surface (``kl_fes``/``js_fes``); the MSM (seed 001 sec.
+free is the headline surface (``kl_fes``/``js_fes``); the MSM (Shmilovich et al. (2022), sec.
 3.1.3: k-means on the reference, reversible MSMs at the system's lag, implied
 timescales and eigenvectors compared) is built on the first free set of the
 system's ``kinetics`` list (sets whose motion the lag resolves: methyl
@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from finegrain.platform.science import plots
+from finegrain.platform.science.metrics import plots
 from finegrain.platform.science.metrics import fes as _fes
 from finegrain.platform.science.metrics import kinetics as _kin
 from finegrain.platform.science.metrics.features import FeatureSet, fixed_by_mapping

@@ -1,7 +1,9 @@
 """One entry point: every applicable metric and figure for reference vs backmapped frames.
 
 ``evaluate_frames(reference, backmapped, topology, mapping, features)`` where
-each dict holds (the keys of ``finegrain.datasets.shards.read_frames``):
+reference and backmapped are :class:`~finegrain.platform.science.frames.Frames`
+(or dicts with their keys, those of ``finegrain.datasets.shards.read_frames``,
+converted by ``Frames.from_dict``) holding:
 
 - ``aa_xyz_nm`` [F, N, 3] (required),
 - ``energy_kj_mol`` [F] (optional; NaN = unknown; or pass ``energy_fn``),
@@ -11,7 +13,7 @@ each dict holds (the keys of ``finegrain.datasets.shards.read_frames``):
   when frames are paired),
 - backmapped only: ``samples`` [K, F, N, 3] (optional, diversity).
 
-When the backmapped dict has as many frames as the reference and no
+When the backmapped frames are as many as the reference and no
 ``traj_id``/``time_ps``, it inherits the reference's (paired frames).
 
 Metric names (flat, MLflow-safe; non-finite values are left out):
@@ -40,7 +42,9 @@ from typing import Callable
 
 import numpy as np
 
-from finegrain.platform.science import plots
+from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.frames import Frames
+from finegrain.platform.science.metrics import plots
 from finegrain.platform.science.metrics import energy as _energy
 from finegrain.platform.science.metrics import kinetics as _kin
 from finegrain.platform.science.metrics import landscape as _land
@@ -65,25 +69,35 @@ def infer_dt_ps(time_ps, traj_id=None) -> float | None:
     return float(np.median(diffs)) if diffs.size else None
 
 
-def _energies(d: dict, xyz: np.ndarray, energy_fn) -> np.ndarray | None:
-    e = d.get("energy_kj_mol")
+def _energies(frames: Frames, xyz: np.ndarray, energy_fn) -> np.ndarray | None:
+    e = frames.energy_kj_mol
     if e is not None:
         e = np.asarray(e, np.float64)
-        if e.shape != (xyz.shape[0],):
-            raise ValueError(f"energy_kj_mol: expected shape [{xyz.shape[0]}], got {e.shape}")
         if np.any(~np.isnan(e)):
             return e
     return None if energy_fn is None else np.asarray(energy_fn(xyz), np.float64).reshape(-1)
 
 
-def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, features=(), *,
+def _as_frames(frames: Frames | dict, argument: str) -> Frames:
+    """``frames`` as Frames (a legacy dict converted); InputError prefixed with ``argument``."""
+    if isinstance(frames, Frames):
+        return frames
+    try:
+        return Frames.from_dict(frames)
+    except InputError as exc:
+        raise InputError(f"{argument}: {exc}") from exc
+
+
+def evaluate_frames(reference: Frames | dict, backmapped: Frames | dict, topology=None, mapping=None, features=(), *,
                     lag_ps: float | None = None, n_centres: int | None = None, min_frames: int = 0, kinetics=None,
                     n_timescales: int = _kin.N_TIMESCALES, dt_ps: float | None = None,
                     energy_fn: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0,
                     make_figures: bool = True, constraints=None) -> tuple[dict[str, float], dict]:
     """Compare backmapped with reference AA frames; returns (metrics, figures).
 
-    topology : mdtraj.Topology of N atoms; mapping : CGMapping [n, N];
+    reference, backmapped : :class:`~finegrain.platform.science.frames.Frames` (dicts with its keys are
+    converted; other keys are ignored). topology : mdtraj.Topology of N atoms; mapping : CGMapping [n, N]
+    (None: the reference's ``topology`` / ``mapping``);
     features : the system's evaluation feature sets (``ReferenceSystem.feature_sets``,
     declared in the systems YAML; empty: no FES/MSM). lag_ps / n_centres (the
     system's ``evaluation`` settings) default to
@@ -100,30 +114,35 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, featur
     None (unknown or none): every bond is scored by the JS.
     figures : {name: matplotlib Figure} (empty when ``make_figures`` is False).
     """
-    if "aa_xyz_nm" not in reference:
+    reference, backmapped = _as_frames(reference, "reference"), _as_frames(backmapped, "backmapped")
+    if reference.aa_xyz_nm is None:
         raise ValueError("reference: needs 'aa_xyz_nm' [F, N, 3]")
-    if "aa_xyz_nm" not in backmapped:
+    if backmapped.aa_xyz_nm is None:
         raise ValueError("backmapped: needs 'aa_xyz_nm' [F, N, 3]")
+    topology = reference.topology if topology is None else topology
+    mapping = reference.mapping if mapping is None else mapping
+    if topology is None or mapping is None:
+        raise ValueError("topology, mapping: needed (as arguments or on the reference Frames)")
     n_atoms = topology.n_atoms
     if mapping.n_atoms != n_atoms:
         raise ValueError(f"mapping: has {mapping.n_atoms} atoms, topology has {n_atoms}")
     cons = _st.check_constraints(constraints, n_atoms)
-    ref = _st.check_frames(reference["aa_xyz_nm"], "reference['aa_xyz_nm']", n_atoms)
-    bm = _st.check_frames(backmapped["aa_xyz_nm"], "backmapped['aa_xyz_nm']", n_atoms)
+    ref = _st.check_frames(reference.aa_xyz_nm, "reference['aa_xyz_nm']", n_atoms)
+    bm = _st.check_frames(backmapped.aa_xyz_nm, "backmapped['aa_xyz_nm']", n_atoms)
     if isinstance(features, str):
         raise TypeError(f"features: expected feature sets (e.g. get_system({features!r}).feature_sets), "
                         f"got the string {features!r}")
     paired = ref.shape[0] == bm.shape[0]
-    ref_tid, ref_time = reference.get("traj_id"), reference.get("time_ps")
-    bm_tid = backmapped.get("traj_id", ref_tid if paired else None)
-    bm_time = backmapped.get("time_ps", ref_time if paired else None)
+    ref_tid, ref_time = reference.traj_id, reference.time_ps
+    bm_tid = backmapped.traj_id if backmapped.traj_id is not None else (ref_tid if paired else None)
+    bm_time = backmapped.time_ps if backmapped.time_ps is not None else (ref_time if paired else None)
     m: dict[str, float] = {"n_frames": float(ref.shape[0]), "n_frames_bm": float(bm.shape[0])}
     figs: dict = {}
 
     # CG consistency
-    cg = backmapped.get("cg_xyz_nm")
+    cg = backmapped.cg_xyz_nm
     if cg is None and paired:
-        cg = reference.get("cg_xyz_nm")
+        cg = reference.cg_xyz_nm
         cg = mapping.map(ref.astype(np.float64)) if cg is None else cg
     if cg is not None:
         m["rmsd_cg_nm"] = _st.cg_rmsd(bm, cg, mapping)
@@ -177,10 +196,10 @@ def evaluate_frames(reference: dict, backmapped: dict, topology, mapping, featur
                                                                vel.get("velocity_scale_factor"))
 
     # diversity
-    samples = backmapped.get("samples")
-    if samples is not None and np.asarray(samples).ndim == 4 and np.asarray(samples).shape[0] >= 2:
+    samples = backmapped.samples
+    if samples is not None and samples.shape[0] >= 2:  # Frames: [K, F_bm, N, 3]
         m["diversity_rmsd_nm"] = _st.diversity_rmsd(samples)
-        if np.asarray(samples).shape[1] == ref.shape[0]:  # paired: sample f reconstructs reference frame f
+        if samples.shape[1] == ref.shape[0]:  # paired: sample f reconstructs reference frame f
             m["diversity_score"] = _st.diversity_score(samples, ref)
 
     metrics = {_safe(k): float(v) for k, v in m.items() if v is not None and np.isfinite(v)}

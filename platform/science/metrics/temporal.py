@@ -1,6 +1,7 @@
 """Temporal coherence (frame-to-frame velocities) and throughput.
 
-Seed 001 figs. 6 and 10: per-atom speeds |x_i(t+1) - x_i(t)| / dt by a forward
+Shmilovich et al., "Temporally coherent backmapping of molecular trajectories
+from coarse-grained to atomistic resolution" (2022), figs. 6 and 10: per-atom speeds |x_i(t+1) - x_i(t)| / dt by a forward
 finite difference between consecutive frames of one trajectory, pooled over
 atoms and frames, compared as histograms by the JS divergence. For data
 backmapped from CG simulations (accelerated dynamics) the backmapped speeds
@@ -60,7 +61,7 @@ def frame_velocities(xyz, traj_id=None, time_ps=None, dt_ps: float = 1.0) -> np.
 
 
 def velocity_scale_factor(ref_speeds, bm_speeds) -> float:
-    """The constant s with mean(s * bm) = mean(ref) (seed 001: ~3.25 for ADP, ~17.8 for chignolin CG data)."""
+    """The constant s with mean(s * bm) = mean(ref) (Shmilovich et al. (2022): ~3.25 for ADP, ~17.8 for chignolin CG data)."""
     ref, bm = np.asarray(ref_speeds, np.float64), np.asarray(bm_speeds, np.float64)
     if ref.size == 0 or bm.size == 0 or bm.mean() <= 0:
         return float("nan")

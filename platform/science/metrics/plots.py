@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from finegrain.platform.science.metrics.fes import free_energy_kt
+
 __all__ = [
     "new_figure",
     "plot_energy_histograms",
@@ -94,8 +96,6 @@ def plot_internal_distributions(ref_counts: dict, bm_counts: dict, edges, kind: 
 def plot_fes_pair(ref_counts, bm_counts, edges_x, edges_y, axis_labels: Sequence[str] = ("phi (rad)", "psi (rad)"),
                   titles: Sequence[str] = ("reference", "backmapped"), vmax_kt: float = 8.0):
     """Free-energy surfaces -ln p (kT) side by side on the same bins and colour scale."""
-    from finegrain.platform.science.metrics.fes import free_energy_kt
-
     fig = new_figure(10.0, 4.2)
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
     mesh = None

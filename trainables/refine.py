@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from finegrain.platform.science.validation import InputError
+from finegrain.datasets.systems import UnknownSystemError, get_system
+from finegrain.platform.science.energies import energy_model
+from finegrain.platform.science.errors import InputError
 
 __all__ = ["refine", "refined_label", "K_RESTRAINT"]
 
@@ -34,14 +36,11 @@ def refined_label(label: str, steps: int) -> str:
 
 
 def _energy(system: str | None, device, dtype):
-    from finegrain.datasets.systems import SystemError_
-    from finegrain.platform.science.energies import energy_model
-
     if not system:
         raise InputError("--refine: the model does not name the system whose force field refines it; give --system")
     try:
-        return energy_model(system, backend="torch", device=device, dtype=dtype)
-    except (SystemError_, ValueError, KeyError) as exc:
+        return energy_model(get_system(system), backend="torch", device=device, dtype=dtype)
+    except (UnknownSystemError, ValueError, KeyError) as exc:
         raise InputError(f"--refine: no force field for system {system!r} ({exc})") from None
 
 
