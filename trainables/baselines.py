@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from finegrain.datasets.systems import get_system
+from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.science.superposition import kabsch_rotations
-from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.validation import check_xyz
 from finegrain.trainables.protocol import Backmapper
 
@@ -224,8 +225,6 @@ class EnergyMinimisationBackmapper(Backmapper):
         return self.system if isinstance(self.system, str) else None
 
     def _reference_system(self):
-        from finegrain.datasets.systems import get_system
-
         ref = get_system(self.system)
         if ref.n_atoms != self.topology.n_atoms:
             raise InputError(f"system: {ref.name!r} has {ref.n_atoms} atoms, the topology has {self.topology.n_atoms}")

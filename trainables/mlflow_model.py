@@ -25,6 +25,8 @@ class BackmapperModel(PythonModel):
     """pyfunc wrapper around a saved finegrain Backmapper."""
 
     def load_context(self, context):
+        # imported when MLflow loads the model: MLflow reads this file as code, and finding it
+        # (persistence.model_code_path) must not import the package
         from finegrain.trainables.protocol import load_backmapper
 
         self.backmapper = load_backmapper(context.artifacts["backmapper"])

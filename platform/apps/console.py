@@ -14,7 +14,6 @@ import time
 import typer
 from rich.table import Table
 
-from finegrain.platform.apps.leaderboard import leaderboard_rows
 from finegrain.platform.services.stack import LocalStack, use_token
 
 __all__ = ["leaderboard_table", "ranking_table", "submit_job", "JOB_STOP_WAIT_S"]
@@ -25,6 +24,10 @@ JOB_STOP_WAIT_S = 60
 
 def leaderboard_table(rows: list[dict], system: str):
     """A rich Table of leaderboard rows (also used by the demo): one row per metric, one column per model."""
+    # imported here: the leaderboard module pulls in evaluation, torch and MLflow (~3 s measured), which
+    # `finegrain --help` and every command that draws no table should not wait for
+    from finegrain.platform.apps.leaderboard import leaderboard_rows
+
     header, body = leaderboard_rows(rows)
     title = f"finegrain leaderboard: {system}" + (f" (data {rows[0]['data_hash']})" if rows else "")
     table = Table(title=title, caption="value [95 % block-bootstrap CI] value/floor (floor: the reference against "

@@ -82,7 +82,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     _baselines_and_leaderboard(cfg, console, made, tracker)
     _sweep(cfg, console, made, tracker)
     _serve(cfg, console, made)
-    _entropy(cfg, console, made)
+    _entropy(cfg, console, made, tracker)
     console.rule("[bold green]done")
     console.print(f"outputs in {cfg.workdir}; MLflow UI {st.mlflow_uri}; stop everything with "
                   f"`finegrain serve --stop` and `finegrain stack down`")
@@ -199,8 +199,8 @@ def _serve(cfg: DemoConfig, console: Console, made: dict) -> None:
     console.print(f"{base} (OpenAPI at {base}/docs): wrote {', '.join(str(p) for p in paths)}")
 
 
-def _entropy(cfg: DemoConfig, console: Console, made: dict) -> None:
+def _entropy(cfg: DemoConfig, console: Console, made: dict, tracker) -> None:
     console.rule("[bold]8. mapping entropy: which CG mapping loses least? (flow models, split-flows)")
-    made["entropy"] = small_adp_comparison(made["shards_entropy"], budget=cfg.entropy_steps,
+    made["entropy"] = small_adp_comparison(made["shards_entropy"], tracker, budget=cfg.entropy_steps,
                                            mappings=cfg.entropy_mappings, echo=console.print)
     console.print(ranking_table(made["entropy"].rows, cfg.system, cfg.entropy_steps))

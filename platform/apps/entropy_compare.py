@@ -47,8 +47,21 @@ from typing import Any, Callable
 
 import numpy as np
 
+from finegrain.datasets.shards import Manifest, frame_schema, read_frames, sha256_file, split_trajectories
+from finegrain.datasets.systems import get_system
+from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.frames import Frames
+from finegrain.platform.science.metrics import entropy as ent
+from finegrain.platform.science.metrics.entropy_checks import (
+    CONSTRAINED_STD_NM, block_bootstrap_ci, chain_rule_link, fixed_length_xh_bonds, giulini_converged, nested_flags,
+    nesting_matrix,
+)
+from finegrain.platform.science.metrics.plots import new_figure
+from finegrain.platform.services.stack import stack_home
 from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.flow.train import fit_detailed
+from finegrain.trainables.flow.train_config import FlowTrainConfig
+from finegrain.trainables.protocol import load_backmapper
 
 __all__ = ["CompareConfig", "CompareResult", "compare_mappings", "remap_shards", "estimate_mapping",
            "ranked_rows", "plot_comparison", "small_adp_comparison", "check_unconstrained", "heldout_split",
@@ -116,8 +129,6 @@ def remap_shards(src: str | Path, mapping, out: str | Path) -> Path:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from finegrain.datasets.shards import Manifest, frame_schema, sha256_file
 
     src, out = Path(src), Path(out)
     man = Manifest.load(src)
@@ -209,10 +220,6 @@ def check_unconstrained(folder: str | Path, max_frames: int = 200) -> None:
     """
     import pyarrow.parquet as pq
 
-    from finegrain.platform.science.metrics.entropy_checks import CONSTRAINED_STD_NM, fixed_length_xh_bonds
-    from finegrain.datasets.shards import Manifest
-    from finegrain.platform.science.errors import InputError
-
     folder = Path(folder)
     man = Manifest.load(folder)
     what, source = declared_constraints(man, folder)
@@ -257,8 +264,6 @@ def heldout_split(man, fractions, seed: int, folder: str | Path = "") -> tuple[l
     than 3 trajectories with the default fractions): the flow trains on whole
     trajectories, so there is no honest held-out set then.
     """
-    from finegrain.datasets.shards import split_trajectories
-    from finegrain.platform.science.errors import InputError
 
     splits = split_trajectories(man, tuple(fractions), seed)
     for name in ("test", "validation"):
@@ -292,12 +297,10 @@ def estimate_mapping(backmapper, heldout: Frames | dict, all_frames: Frames | di
     relative change, converged 0/1); ``smap_giulini`` is the value at the
     finest k (an upper bound in expectation when not converged).
     """
-    from finegrain.platform.science.metrics import entropy as ent
-    from finegrain.platform.science.metrics.entropy_checks import block_bootstrap_ci, giulini_converged
 
     c = np.asarray(backmapper.mapping.matrix)
     n_atoms = c.shape[1]
-    assignment = backmapper.flow.geometry.assignment.cpu().numpy()
+    assignment = backmapper.bead_assignment
     dim = ent.fibre_dimension(c)
     rng = np.random.default_rng(cfg.seed)
     heldout, all_frames = Frames.from_dict(heldout), Frames.from_dict(all_frames)
@@ -345,7 +348,6 @@ def nested_checks(matrices: dict[str, np.ndarray], rows: list[dict[str, Any]], a
     held-out AA frames (the link H(Y_f | Y_c) is bounded on them).
     Returns :func:`~finegrain.platform.science.metrics.entropy_checks.nested_flags` rows.
     """
-    from finegrain.platform.science.metrics.entropy_checks import chain_rule_link, nested_flags, nesting_matrix
 
     by = {r["mapping"]: r for r in rows}
     links = {}
@@ -375,7 +377,6 @@ def plot_comparison(rows: list[dict[str, Any]]):
     by the doubling check (hatched: not converged, an upper bound); (c)
     H(X | Y) upper bounds (flow with its 95 % CI, Gaussian).
     """
-    from finegrain.platform.science.metrics.plots import new_figure
 
     fig = new_figure(14, 4)
     ax1, ax2, ax3 = fig.subplots(1, 3)
@@ -409,8 +410,6 @@ def plot_comparison(rows: list[dict[str, Any]]):
 
 # ----------------------------------------------------------------------------------------- driver
 def _flow_config(cfg: CompareConfig, shards: Path, mapping_name: str, parent: str | None):
-    from finegrain.trainables.flow.train_config import FlowTrainConfig
-
     base = FlowTrainConfig.from_yaml(cfg.flow_config, []) if cfg.flow_config else None
     data = base.model_dump(mode="json") if base else {"data": {"shards": str(shards)}}
     data["data"]["shards"] = str(shards)
@@ -429,13 +428,8 @@ def _reuse_key(train_cfg) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) -> CompareResult:
+def compare_mappings(cfg: CompareConfig, tracker: Tracker, echo: Callable[[str], None] = print) -> CompareResult:
     """Train (or reuse) one flow per mapping on the same AA frames, estimate, log to MLflow; see module doc."""
-    from finegrain.datasets.systems import get_system
-    from finegrain.datasets.shards import Manifest, read_frames
-    from finegrain.platform.services.stack import stack_home, tracking_uri
-    from finegrain.trainables.flow.train import fit_detailed
-    from finegrain.trainables.protocol import load_backmapper
 
     src = Path(cfg.shards).resolve()
     man = Manifest.load(src)
@@ -445,8 +439,6 @@ def compare_mappings(cfg: CompareConfig, echo: Callable[[str], None] = print) ->
     tcfg0 = _flow_config(cfg, src, cfg.mappings[0], None)
     held_ids, split, train_ids = heldout_split(man, tcfg0.data.fractions, tcfg0.data.seed, src)
     work = Path(cfg.work_dir or stack_home() / "entropy").resolve() / man.digest
-    uri = tracking_uri()
-    tracker = Tracker(uri)
     parent = tracker.start_run(cfg.experiment, {"system": cfg.system, "mappings": ",".join(cfg.mappings),
                                                  "budget": cfg.budget, "eval_frames": cfg.eval_frames,
                                                  "divergence": cfg.divergence, "n_probes": cfg.n_probes,
@@ -554,8 +546,9 @@ def _log_parent(parent: str, rows: list[dict], tracker: Tracker, checks: list[di
     return plot, table
 
 
-def small_adp_comparison(shards: str | Path, budget: int = 300, mappings: tuple[str, ...] = ("backbone6", "ca"),
-                         echo: Callable[[str], None] = print, **kwargs) -> CompareResult:
+def small_adp_comparison(shards: str | Path, tracker: Tracker, budget: int = 300,
+                         mappings: tuple[str, ...] = ("backbone6", "ca"), echo: Callable[[str], None] = print,
+                         **kwargs) -> CompareResult:
     """A small ADP comparison for the demo: smoke-sized flows, in-process training, Hutchinson likelihoods.
 
     Splits trajectories half/half (train/validation), so two replicas leave
@@ -566,4 +559,4 @@ def small_adp_comparison(shards: str | Path, budget: int = 300, mappings: tuple[
             *kwargs.pop("overrides", ()))
     cfg = CompareConfig(shards=Path(shards), system="adp", mappings=tuple(mappings), budget=budget, overrides=over,
                         eval_frames=kwargs.pop("eval_frames", 64), **kwargs)
-    return compare_mappings(cfg, echo=echo)
+    return compare_mappings(cfg, tracker, echo=echo)

@@ -21,11 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from finegrain.platform.services.tracking import Tracker
+from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
+from finegrain.datasets.systems import available_systems, get_system
+from finegrain.platform.science.energies import energy_model
+from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.frames import Frames
-from finegrain.platform.science.metrics import plots
+from finegrain.platform.science.metrics import evaluate_frames, plots
 from finegrain.platform.science.metrics.floors import N_BOOTSTRAP, score_with_floor
 from finegrain.platform.science.metrics.landscape import MIN_FES_FRAMES
+from finegrain.platform.science.validation import check_units_nm, check_xyz
+from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.persistence import load_backmapper_any
+from finegrain.trainables.refine import refine as refine_frames, refined_label
 
 __all__ = ["EvalResult", "evaluate", "load_reference", "backmap_trajectories", "EVAL_EXPERIMENT"]
 
@@ -61,10 +68,6 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
     """
     import mdtraj as md
 
-    from finegrain.datasets.shards import Manifest, read_frames
-    from finegrain.platform.science.errors import InputError
-    from finegrain.platform.science.validation import check_units_nm, check_xyz
-
     path = Path(reference)
     if split not in ("all", "train", "validation", "test"):
         raise InputError(f"split: expected all, train, validation or test, got {split!r}")
@@ -84,8 +87,6 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
                                      f"use --split all with a held-out shard folder")
                 how = f"the model's recorded split (seed {split_record.get('seed')})"
             else:
-                from finegrain.datasets.shards import split_trajectories
-
                 ids = split_trajectories(man, fractions, seed)[split]
                 how = f"fractions {list(fractions)}, seed {seed}"
             if not ids:
@@ -127,9 +128,6 @@ def _energy_fn(system: str):
     """Batched float64 torch energies of a reference system, or None when it is not one."""
     import torch
 
-    from finegrain.datasets.systems import available_systems, get_system
-    from finegrain.platform.science.energies import energy_model
-
     if system not in available_systems():
         return None
     model = energy_model(get_system(system), backend="torch", dtype=torch.float64)
@@ -152,7 +150,6 @@ def _with_energies(frames: Frames, energy_fn) -> Frames:
 
 def _system_settings(system: str, lag_ps: float | None) -> dict:
     """``evaluate_frames`` keywords of a shipped system (its YAML's evaluation section); none for others."""
-    from finegrain.datasets.systems import available_systems, get_system
 
     settings = get_system(system).evaluation_kwargs() if system in available_systems() else {}
     if lag_ps is not None:
@@ -197,10 +194,6 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     """
     import mdtraj as md
 
-    from finegrain.platform.science.metrics import evaluate_frames
-    from finegrain.trainables.persistence import load_backmapper_any
-    from finegrain.platform.science.errors import InputError
-
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
     bm = load_backmapper_any(model, tracker)
@@ -231,8 +224,6 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
     label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
     if refine:
-        from finegrain.trainables.refine import refine as refine_frames, refined_label
-
         t0 = time.perf_counter()
         samples_xyz = refine_frames(samples_xyz, np.asarray(cg_xyz, np.float64), bm.mapping, system, refine)
         seconds += time.perf_counter() - t0

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT, KEY_METRICS
 from finegrain.platform.science.errors import InputError
+from finegrain.platform.services.stack import tracking_uri
+from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables import shipped
 
 __all__ = ["ServeSettings", "ModelRef", "resolve_model", "model_info"]
 
@@ -66,9 +70,6 @@ def _alias_parts(model: str) -> tuple[str, str] | None:
 
 
 def _mlflow(tracking: str | None):
-    from finegrain.platform.services.stack import tracking_uri
-    from finegrain.platform.services.tracking import Tracker
-
     return Tracker(tracking or tracking_uri()).client
 
 
@@ -81,8 +82,6 @@ def resolve_model(model: str, tracking: str | None = None) -> ModelRef:
     from mlflow.exceptions import MlflowException
 
     if model.startswith("zoo:"):  # a shipped model: checked now, so a wrong name fails before anything starts
-        from finegrain.trainables import shipped
-
         shipped.folder(model)
         return ModelRef(source=model, uri=model)
     if not model.startswith(("runs:/", "models:/")):
@@ -115,7 +114,6 @@ def model_info(ref: ModelRef, backmapper, tracking: str | None = None) -> dict:
     ``evaluation``: the newest run of the evaluation experiment tagged with the
     model's run id (None when it was never evaluated).
     """
-    from finegrain.platform.apps.evaluation import EVAL_EXPERIMENT, KEY_METRICS
 
     info = {
         "name": ref.name, "version": ref.version, "alias": ref.alias, "uri": ref.uri, "source": ref.source,

@@ -51,6 +51,12 @@ class FlowBackmapper(Backmapper):
         return not self.config.temporal
 
     @property
+    def bead_assignment(self) -> np.ndarray:
+        """[n_atoms] int: the bead each atom's fibre coordinates are attached to (the mapping-entropy
+        estimators group atoms by it)."""
+        return self.flow.geometry.assignment.cpu().numpy()
+
+    @property
     def device(self) -> torch.device:
         return self.flow.geometry.proj.device
 

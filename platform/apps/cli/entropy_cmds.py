@@ -44,12 +44,14 @@ def compare(
     from rich.console import Console
 
     from finegrain.platform.apps.entropy_compare import CompareConfig, compare_mappings
+    from finegrain.platform.services.stack import tracking_uri
+    from finegrain.platform.services.tracking import Tracker
 
     console = Console()
     names = tuple(m.strip() for m in mappings.split(",") if m.strip())
     cfg = CompareConfig(shards=shards, system=system, mappings=names, budget=budget, flow_config=config, overrides=tuple(set_ or ()), experiment=experiment,
                         eval_frames=eval_frames, divergence=divergence, n_probes=probes, n_clusters=clusters,
                         temperature_k=temperature, giulini_tol=cluster_tol, reuse=reuse, seed=seed)
-    res = compare_mappings(cfg, echo=console.print)
+    res = compare_mappings(cfg, Tracker.connect(tracking_uri()), echo=console.print)
     console.print(ranking_table(res.rows, system, budget))
     console.print(f"MLflow parent run {res.parent_run_id} (experiment {experiment}); plot {res.plot}")

@@ -173,6 +173,8 @@ class TorchForceField(torch.nn.Module):
         only those forces is evaluated by OpenMM (:class:`OpenMMEnergy`) and
         added as the term "other".
         """
+        # OpenMM is imported here, not at module top: the torch force field runs from a parameter file on
+        # machines with torch and numpy only (the GPU benchmarks)
         from finegrain.platform.science.energies.parameters import extract_parameters, reduced_system
 
         params, unsupported = extract_parameters(system)
