@@ -58,13 +58,9 @@ def adp_sim(stack, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def adp_shards(adp_sim, tmp_path_factory) -> Path:
     """``adp_sim`` ingested with the backbone6 mapping, 20 frames per shard."""
-    from finegrain.datasets.ingest import ingest, sources_from_simulation
-    from finegrain.datasets.systems import get_system
+    from finegrain.tests.helpers import ingested
 
-    top, system, sources = sources_from_simulation(adp_sim)
-    out = tmp_path_factory.mktemp("adp-shards") / "shards"
-    ingest(top, sources, get_system(system).mapping("backbone6"), out, system=system, chunk_frames=20)
-    return out
+    return ingested(adp_sim, "backbone6", tmp_path_factory, "adp-shards")
 
 
 @pytest.fixture(scope="session")
@@ -80,10 +76,6 @@ def chignolin_sim(stack, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def chignolin_shards(chignolin_sim, tmp_path_factory) -> Path:
     """``chignolin_sim`` ingested with the 10-bead C-alpha mapping (``ca``)."""
-    from finegrain.datasets.ingest import ingest, sources_from_simulation
-    from finegrain.datasets.systems import get_system
+    from finegrain.tests.helpers import ingested
 
-    top, system, sources = sources_from_simulation(chignolin_sim)
-    out = tmp_path_factory.mktemp("chignolin-shards") / "shards"
-    ingest(top, sources, get_system(system).mapping("ca"), out, system=system, chunk_frames=20)
-    return out
+    return ingested(chignolin_sim, "ca", tmp_path_factory, "chignolin-shards")

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from finegrain.datasets.simulate import SimulationConfig, run_replica
-from finegrain.datasets.systems import get_system
+from finegrain.tests.helpers import replica_frames
 from finegrain.platform.science.metrics import clash_fraction, internal_js
 from finegrain.platform.science.metrics.structure import bonded_terms
 from finegrain.platform.science.errors import InputError
@@ -22,11 +21,8 @@ RESTRAINT_TOL_NM = 0.02
 @pytest.fixture(scope="module")
 def adp(tmp_path_factory):
     """300 frames of ADP (1 ps apart): the first 200 train, the last 100 give held-out CG frames."""
-    out = tmp_path_factory.mktemp("adp-baselines")
-    run_replica(SimulationConfig("adp", ns=0.3, equilibration_ps=1.0, seed=5), 0, out)
-    ref = get_system("adp")
-    top = ref.md_topology
-    x = md.load(str(out / "replica_000.dcd"), top=top).xyz.astype(np.float64)
+    ref, traj, _ = replica_frames(tmp_path_factory, "adp-baselines", ns=0.3, seed=5)
+    top, x = ref.md_topology, traj.xyz.astype(np.float64)
     return {"system": ref, "top": top, "mapping": ref.mapping("backbone6"), "train": x[:200], "test": x[200:]}
 
 

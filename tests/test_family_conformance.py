@@ -32,8 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from finegrain.datasets.simulate import SimulationConfig, run_replica
-from finegrain.datasets.systems import get_system
+from finegrain.tests.helpers import replica_frames
 from finegrain.platform.science.errors import InputError
 from finegrain.tests.assertions import (
     assert_equivariant,
@@ -53,10 +52,8 @@ EM_TOL_NM = 0.02
 @pytest.fixture(scope="module")
 def adp(tmp_path_factory):
     """60 frames of ADP 1 ps apart (OpenMM in-process, ~3 s): 50 to fit, 10 held out."""
-    out = tmp_path_factory.mktemp("adp-conformance")
-    run_replica(SimulationConfig("adp", ns=0.06, equilibration_ps=1.0, seed=5), 0, out)
-    ref = get_system("adp")
-    x = md.load(str(out / "replica_000.dcd"), top=ref.md_topology).xyz.astype(np.float64)
+    ref, traj, _ = replica_frames(tmp_path_factory, "adp-conformance", ns=0.06, seed=5)
+    x = traj.xyz.astype(np.float64)
     mapping = ref.mapping("backbone6")
     return {"top": ref.md_topology, "mapping": mapping, "train": x[:50], "test": x[50:], "n_atoms": ref.n_atoms}
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from finegrain.tests.helpers import train_with_cli
 from finegrain.platform.services.tracking import Tracker
 from finegrain.platform.science.metrics import entropy as ent
 from finegrain.trainables.flow import (
@@ -444,27 +445,15 @@ def test_config_errors_name_the_key(tmp_path):
 @pytest.mark.slow
 def test_adp_flow_trains_in_process_and_logs_to_mlflow(stack, adp_shards, tmp_path):
     """`finegrain train` dispatches on the config's family (flow) and logs a loadable model."""
-    from pathlib import Path
-
-    import mlflow
-    import typer
-    from typer.testing import CliRunner
-
-    from finegrain.platform.apps.cli import train_cmds
     from finegrain.datasets.shards import read_frames
     from finegrain.trainables.persistence import load_backmapper_from_uri
 
-    app = typer.Typer()
-    train_cmds.register(app)
     sets = [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", "training.num_workers=0",
             "training.max_steps=12", "training.eval_every=6", "training.checkpoint_every=6", "training.log_every=3",
             "training.val_nll_frames=4", "training.progress=false", f"training.work_dir={tmp_path}",
             "tracking.experiment=test-flow"]
-    config = Path(__file__).resolve().parents[1] / "trainables" / "configs" / "adp_flow_smoke.yaml"
-    out = CliRunner().invoke(app, ["train", str(config)] + sum((["--set", x] for x in sets), []))
-    assert out.exit_code == 0, out.output
-    lines = dict(line.split(": ", 1) for line in out.output.splitlines() if ": " in line)
-    run = mlflow.MlflowClient().get_run(lines["run id"])
+    lines = train_with_cli("adp_flow_smoke.yaml", sets)
+    run = Tracker(stack.mlflow_uri).client.get_run(lines["run id"])
     assert run.data.tags["family"] == "flow" and run.data.tags["mapping"] == "backbone6"
     assert {"train_total", "val_total", "val_nll", "val_nll_per_dof"} <= set(run.data.metrics)
     assert math.isfinite(run.data.metrics["val_nll"])

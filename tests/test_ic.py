@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from finegrain.tests.helpers import train_with_cli
 from finegrain.platform.services.tracking import Tracker
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.mapping import CGMapping
@@ -148,27 +149,15 @@ def test_conditionals_are_normalised_and_log_prob_is_their_sum(model):
 
 def test_adp_ic_trains_on_ray_train_logs_to_mlflow_and_backmaps_onto_the_beads(stack, adp_shards, tmp_path):
     """`finegrain train` on the shipped smoke config: a real Ray Train worker group and MLflow run."""
-    from pathlib import Path
-
-    import mlflow
-    import typer
-    from typer.testing import CliRunner
-
-    from finegrain.platform.apps.cli import train_cmds
     from finegrain.datasets.shards import read_frames
     from finegrain.trainables.persistence import load_backmapper_from_uri
 
-    app = typer.Typer()
-    train_cmds.register(app)
     sets = [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", "training.max_steps=30",
             "training.eval_every=15", "training.checkpoint_every=15", "training.log_every=5",
             "model.batch_size=16", "training.progress=false", f"training.work_dir={tmp_path}",
             "tracking.experiment=test-ic"]
-    config = Path(__file__).resolve().parents[1] / "trainables" / "configs" / "adp_ic_smoke.yaml"
-    out = CliRunner().invoke(app, ["train", str(config)] + sum((["--set", x] for x in sets), []))
-    assert out.exit_code == 0, out.output
-    lines = dict(line.split(": ", 1) for line in out.output.splitlines() if ": " in line)
-    run = mlflow.MlflowClient().get_run(lines["run id"])
+    lines = train_with_cli("adp_ic_smoke.yaml", sets)
+    run = Tracker(stack.mlflow_uri).client.get_run(lines["run id"])
     assert run.data.tags["family"] == "ic" and run.data.tags["mapping"] == "backbone6"
     assert {"train_nll", "val_nll"} <= set(run.data.metrics) and math.isfinite(run.data.metrics["val_nll"])
     bm = load_backmapper_from_uri(lines["model uri"], Tracker(stack.mlflow_uri))

@@ -8,7 +8,7 @@ import pytest
 import scipy.spatial.distance
 import scipy.stats
 
-from finegrain.datasets.simulate import SimulationConfig, run_replica
+from finegrain.tests.helpers import replica_frames
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.metrics import (
     cg_rmsd,
@@ -34,11 +34,8 @@ CLN = get_system("chignolin").evaluation_kwargs()
 @pytest.fixture(scope="module")
 def adp_ref(tmp_path_factory):
     """200 frames (1 ps apart) of ADP at 300 K, with OpenMM energies."""
-    out = tmp_path_factory.mktemp("adp-metrics")
-    run_replica(SimulationConfig("adp", ns=0.2, equilibration_ps=1.0, seed=11), 0, out)
-    ref = get_system("adp")
+    ref, traj, out = replica_frames(tmp_path_factory, "adp-metrics", ns=0.2, seed=11)
     top = ref.md_topology
-    traj = md.load(str(out / "replica_000.dcd"), top=top)
     obs = np.load(out / "replica_000.npz")
     frames = {"aa_xyz_nm": traj.xyz.astype(np.float64), "energy_kj_mol": obs["potential_kj_mol"],
               "time_ps": obs["time_ps"], "traj_id": np.array(["r0"] * traj.n_frames)}
