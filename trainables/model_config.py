@@ -16,10 +16,12 @@ import dataclasses
 import math
 from typing import Any
 
+from finegrain.platform.science.errors import FinegrainError
+
 __all__ = ["ModelConfig", "ModelConfigError", "positive_int", "positive_number"]
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(FinegrainError, ValueError):
     """A model-config field that does not validate; ``field`` names it (None: the config as a whole)."""
 
     def __init__(self, message: str, field: str | None = None):
