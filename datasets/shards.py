@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = [
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_SPLIT_SEED",
     "Manifest",
     "ShardInfo",
     "frame_schema",
@@ -45,6 +47,10 @@ __all__ = [
     "iter_pair_batches",
     "unflatten_pair_batch",
 ]
+
+#: The default trajectory split: train / validation / test fractions and the seed that assigns them.
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
+DEFAULT_SPLIT_SEED = 0
 
 MANIFEST = "manifest.json"
 _FRAME_COLUMNS = ["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol"]  # forces on demand
@@ -217,7 +223,7 @@ def _columns(table: pa.Table, n_atoms: int, n_beads: int) -> dict[str, np.ndarra
 
 
 def split_trajectories(
-    manifest: Manifest, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+    manifest: Manifest, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = DEFAULT_SPLIT_SEED
 ) -> dict[str, list[str]]:
     """Assign whole trajectories to train/validation/test (never frames of one to two splits).
 
@@ -271,8 +277,8 @@ def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.
     }
 
 
-def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: int = 0,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), shuffle_seed: int | None = None):
+def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: int = DEFAULT_SPLIT_SEED,
+                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, shuffle_seed: int | None = None):
     """A Ray Dataset of temporal pairs for one split (for ``get_dataset_shard``).
 
     Columns: aa_prev, cg, aa (flat float32, reshape with
@@ -371,7 +377,7 @@ def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):
 
 def iter_pair_batches(folder: str | Path, split: str = "train", lag: int = 1, batch_size: int = 64,
                       shuffle: bool = True, seed: int = 0, device: str = "cpu",
-                      fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Iterator[tuple]:
+                      fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Iterator[tuple]:
     """In-process torch batches (aa_prev, cg, aa), each [B, *, 3] float32, for one epoch."""
     import torch
 

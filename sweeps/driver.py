@@ -42,8 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from finegrain.platform.science.errors import FinegrainError
+from finegrain.platform.services.registry import register_and_promote
+from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
+from finegrain.platform.services.tracking import Tracker
 from finegrain.sweeps import leftovers
 from finegrain.sweeps.spec import DATA_CPUS, SweepSpec, SweepSpecError
+from finegrain.trainables.protocol import trainer_for
 
 __all__ = ["run_sweep", "SweepResult", "SweepInterrupted", "optuna_study"]
 
@@ -74,9 +78,6 @@ def _trial(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One Tune trial: train with the sampled ``params``; the last report carries the model URI."""
     import ray.tune
     from ray.train import ControllerError
-
-    from finegrain.platform.services.tracking import Tracker
-    from finegrain.trainables.protocol import trainer_for
 
     os.environ["MLFLOW_TRACKING_URI"] = ctx["tracking_uri"]  # a trial is a process boundary: its training reads it
     spec = SweepSpec.from_dict(ctx["spec"], source=ctx["source"])
@@ -130,9 +131,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, verbose: int = 1) -> SweepR
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-
-    from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
-    from finegrain.platform.services.tracking import Tracker
 
     namespace = leftovers.sweep_namespace(spec.name)
     connect_ray(namespace=namespace)
@@ -284,7 +282,6 @@ def _read_latest(root: Path, spec: SweepSpec) -> dict:
 
 def _finish(spec: SweepSpec, grid, tracker, parent_run_id: str, exp_path: Path) -> SweepResult:
     client = tracker.client
-    from finegrain.platform.services.registry import register_and_promote
 
     rows = [res for res in grid if res.metrics and res.metrics.get("model_uri")]
     # trials ASHA stopped (or that failed) have no model; their child runs end as KILLED

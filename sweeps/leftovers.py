@@ -19,6 +19,9 @@ import re
 import time
 from dataclasses import dataclass
 
+from finegrain.platform.services.ray_compat import kill_actor_via_gcs
+
+
 __all__ = ["sweep_namespace", "Leftover", "find_leftovers", "stop_leftovers", "kill_actor", "resource_holders",
            "wait_for_cpus"]
 
@@ -125,8 +128,6 @@ def kill_actor(actor_id: str, timeout_s: float = 10.0) -> None:
     finegrain's sweeps make). The channel carries the cluster's auth token like every Ray client channel.
     """
     import ray
-
-    from finegrain.platform.services.ray_compat import kill_actor_via_gcs
 
     kill_actor_via_gcs(actor_id, ray.get_runtime_context().gcs_address, timeout_s=timeout_s)
 

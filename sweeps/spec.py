@@ -37,7 +37,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finegrain.platform.science.errors import FinegrainError
+from finegrain.trainables.cvae.train_config import apply_overrides, set_values
 from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
+from finegrain.trainables.protocol import trainer_for
+from finegrain.trainables.tune_hooks import VALIDATION_PREFIX
 
 __all__ = ["SweepSpec", "SweepSpecError", "Distribution", "AshaSection", "ResourcesSection"]
 
@@ -203,8 +206,6 @@ class SweepSpec(_Strict):
 
     def _validate_against_trainer(self) -> None:
         """Build the trial config at every end of every range: unknown or invalid keys fail here."""
-        from finegrain.trainables.protocol import trainer_for
-        from finegrain.trainables.tune_hooks import VALIDATION_PREFIX
 
         if not self.metric.startswith(VALIDATION_PREFIX):
             raise SweepSpecError(f"sweep spec {self.source}: key 'metric': {self.metric!r} is not a validation metric "
@@ -238,8 +239,6 @@ class SweepSpec(_Strict):
         ``set`` holds command-line ``key=value`` strings (parsed once, as ``finegrain train --set``);
         resources, the sampled ``params`` and ``extra`` are typed values set by dotted key.
         """
-        from finegrain.trainables.cvae.train_config import apply_overrides, set_values
-        from finegrain.trainables.protocol import trainer_for
 
         config_cls, _ = trainer_for(self.family)
         data = set_values(apply_overrides(self.base_config, list(self.set)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
+from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Manifest, read_frames, split_trajectories
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.services.tracking import Tracker
@@ -18,7 +18,7 @@ BASELINE_EXPERIMENT = "finegrain-baselines"
 
 
 def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_EXPERIMENT,
-                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                 fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = DEFAULT_SPLIT_SEED,
                  registered_model_name: str | None = None, tracker: Tracker | None = None):
     """Fit ``family`` ("nullspace" or "em") on the training split of ``shards``.
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from finegrain.datasets.shards import Manifest, pair_dataset, split_trajectories
+from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.services.cpu_memory import retain_freed_memory
+from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
+from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.persistence import log_backmapper
 from finegrain.trainables.run_context import RunContext, loop_config
+from finegrain.trainables.tune_hooks import tune_callbacks
 
 __all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
            "TrainWorker"]
@@ -69,10 +76,6 @@ def load_training_data(config) -> TrainingData:
     import mdtraj as md
     import ray
     import ray.data
-
-    from finegrain.platform.science.mapping import CGMapping
-    from finegrain.datasets.shards import Manifest, pair_dataset, split_trajectories
-    from finegrain.platform.services.stack import connect_ray
 
     t, d = config.training, config.data
     shards = Path(d.shards).resolve()
@@ -119,11 +122,6 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from finegrain.platform.services.stack import stack_home, tracking_uri
-    from finegrain.platform.services.tracking import Tracker
-    from finegrain.trainables.persistence import log_backmapper
-    from finegrain.trainables.tune_hooks import tune_callbacks
 
     t, man, mapping, splits = config.training, data.manifest, data.mapping, data.splits
     uri = run_id = tracker = None
@@ -235,8 +233,6 @@ class TrainWorker:
     def __init__(self, config, ctx: RunContext):
         import ray.train
         import torch
-
-        from finegrain.platform.services.cpu_memory import retain_freed_memory
 
         self.config, self.ctx = config, ctx
         t = config.training

@@ -49,6 +49,7 @@ import numpy as np
 
 from finegrain.datasets.shards import Manifest, frame_schema, read_frames, sha256_file, split_trajectories
 from finegrain.datasets.systems import get_system
+from finegrain.platform.apps.entropy_config import CompareConfig
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.frames import Frames
 from finegrain.platform.science.metrics import entropy as ent
@@ -68,46 +69,6 @@ __all__ = ["CompareConfig", "CompareResult", "compare_mappings", "remap_shards",
            "nested_checks"]
 
 METRIC_KEYS = ("smap_flow", "smap_gauss", "smap_giulini", "h_cond_flow", "h_cond_gauss")
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """Settings of one comparison.
-
-    budget: training steps per flow; eval_frames: held-out frames scored;
-    n_clusters: first k of the energy-variance k-doubling check; giulini_tol:
-    its convergence tolerance (relative change from k to 2k).
-    """
-
-    shards: Path
-    system: str = "adp"
-    mappings: tuple[str, ...] = ("backbone6", "backbone5", "ca", "heavy")
-    budget: int = 2000
-    flow_config: Path | None = None
-    overrides: tuple[str, ...] = ()
-    experiment: str = "entropy-compare"
-    work_dir: Path | None = None
-    eval_frames: int = 256
-    divergence: str = "hutchinson"
-    n_probes: int = 4
-    ode_steps: int = 10
-    n_clusters: int = 20
-    temperature_k: float = 300.0
-    giulini_tol: float = 0.05
-    reuse: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.mappings:
-            raise ValueError("mappings: expected at least one mapping name")
-        if self.budget < 1:
-            raise ValueError(f"budget: expected >= 1 training step, got {self.budget}")
-        if self.eval_frames < 2:
-            raise ValueError(f"eval_frames: expected >= 2, got {self.eval_frames}")
-        if not 0 < self.giulini_tol < 1:
-            raise ValueError(f"giulini_tol: expected a relative change in (0, 1), got {self.giulini_tol}")
-        if self.divergence not in ("exact", "hutchinson"):
-            raise ValueError(f"divergence: expected exact or hutchinson, got {self.divergence!r}")
 
 
 @dataclass

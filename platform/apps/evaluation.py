@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finegrain.datasets.shards import Manifest, read_frames, split_trajectories
+from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Manifest, read_frames, split_trajectories
 from finegrain.datasets.systems import available_systems, get_system
 from finegrain.platform.science.energies import energy_model
 from finegrain.platform.science.errors import InputError
@@ -55,7 +55,7 @@ class EvalResult:
 
 
 def load_reference(reference: str | Path, mapping, top: str | Path | None = None, split: str = "all",
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS, seed: int = DEFAULT_SPLIT_SEED,
                    split_record: dict | None = None) -> dict:
     """Reference frames as a dict (keys of ``shards.read_frames``) plus ``system``, ``data_hash``
     and ``constraints`` ((pairs [C, 2], r0 [C] nm) of the shard manifest, or None when unknown).

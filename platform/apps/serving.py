@@ -28,8 +28,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from finegrain.platform.apps.model_refs import model_info, resolve_model
 from finegrain.platform.apps.serving_app import BackmapServer
-from finegrain.platform.apps.serving_config import ModelRef, ServeSettings, model_info, resolve_model
+from finegrain.platform.apps.serving_config import ModelRef, ServeSettings
 from finegrain.platform.science.errors import FinegrainError
 from finegrain.platform.services.stack import LocalStack, connect_ray, tracking_uri
 

@@ -38,7 +38,9 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException  # also FastAPI's subclass, 404s and form errors
 
-from finegrain.platform.apps.serving_config import ModelRef, ServeSettings, model_info, resolve_model
+from finegrain.platform.apps.defaults import defaults_of
+from finegrain.platform.apps.model_refs import model_info, resolve_model
+from finegrain.platform.apps.serving_config import ModelRef, ServeSettings
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.mapping import MappingError
 from finegrain.platform.science.validation import check_units_nm, check_xyz
@@ -47,6 +49,8 @@ from finegrain.trainables.persistence import load_backmapper_any
 from finegrain.trainables.refine import refine
 
 __all__ = ["BackmapServer", "Served", "Job", "run_jobs", "check_bead_spacing", "RequestError", "OUT_FORMATS"]
+
+SERVE_DEFAULTS = defaults_of(ServeSettings)
 
 log = logging.getLogger("ray.serve")
 
@@ -372,7 +376,8 @@ class BackmapServer:
             except Exception as exc:  # keep serving the loaded version
                 log.warning("alias check for %s failed: %s", self.settings.model, exc)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    # the decorator's values only until __init__ sets the replica's own (ServeSettings)
+    @serve.batch(max_batch_size=SERVE_DEFAULTS["max_batch_size"], batch_wait_timeout_s=SERVE_DEFAULTS["batch_wait_s"])
     async def _batched(self, jobs: list[Job]) -> list:
         return await asyncio.to_thread(run_jobs, jobs)
 

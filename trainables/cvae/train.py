@@ -34,23 +34,24 @@ training seed, of all training pairs of all training trajectories
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from finegrain.datasets.shards import unflatten_pair_batch
+from finegrain.datasets.systems import get_system
+from finegrain.platform.science.energies import energy_model
 from finegrain.platform.science.voxels import apply_rotation, mean_centre, random_rotations
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
+from finegrain.trainables.cvae.backmapper import CKPT_EXTRA, CVAEBackmapper, GaussianMixtureSampler
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.cvae.losses import total_loss
 from finegrain.trainables.cvae.model import CVAE
-from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
-from finegrain.trainables.cvae.backmapper import CKPT_EXTRA
-from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
+from finegrain.trainables.cvae.train_config import TrainConfig
+from finegrain.trainables.ray_run import FitResult, TrainWorker, load_training_data, run_training, worker_seed
+from finegrain.trainables.run_context import parse_loop_config
 
-if TYPE_CHECKING:
-    from finegrain.trainables.cvae.backmapper import CVAEBackmapper
-    from finegrain.trainables.cvae.train_config import TrainConfig
 
 __all__ = ["fit", "fit_detailed", "FitResult", "run_payload", "train_loop_per_worker", "prepare_triplet", "step_loss",
            "save_checkpoint_dir", "load_checkpoint_state", "SeedBank"]
@@ -203,9 +204,6 @@ class _Worker(TrainWorker):
     def __init__(self, loop_config: dict[str, Any]):
         import ray.train
 
-        from finegrain.trainables.cvae.train_config import TrainConfig
-        from finegrain.trainables.run_context import parse_loop_config
-
         super().__init__(*parse_loop_config(loop_config, TrainConfig))
         self.inject_failure_at = self.config.training.inject_failure_at
         self.cfg: CVAEConfig = self.config.cvae()  # preset, overrides, training.max_steps
@@ -224,8 +222,6 @@ class _Worker(TrainWorker):
         t = self.config.training
         if not t.energy or self.cfg.schedule.t_lambda0 >= self.cfg.max_steps:
             return None
-        from finegrain.datasets.systems import get_system
-        from finegrain.platform.science.energies import energy_model
 
         backend = t.energy_backend
         extra = {"compile": True} if backend == "torch" and t.energy_compile else {}
@@ -310,8 +306,6 @@ class _Worker(TrainWorker):
         training shard (all training trajectories), seeded by the training seed.
         """
         import ray.train
-
-        from finegrain.trainables.cvae.backmapper import GaussianMixtureSampler
 
         t = self.config.training
         self.raw.eval()
@@ -421,8 +415,6 @@ def fit_detailed(config: "TrainConfig") -> FitResult:
     ``training.work_dir`` (default ``$FINEGRAIN_HOME/runs``), in a folder
     named after the MLflow run.
     """
-    from finegrain.trainables.cvae.backmapper import CVAEBackmapper
-    from finegrain.trainables.ray_run import load_training_data, run_training
 
     data = load_training_data(config)
     return run_training(

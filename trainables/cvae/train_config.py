@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
 from finegrain.platform.science.errors import FinegrainError
 from finegrain.trainables.cvae.config import CVAEConfig
 from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
@@ -65,8 +66,8 @@ class DataSection(_Section):
 
     shards: Path
     lag: int = Field(1, ge=1, description="frames between AA(t-lag) and AA(t)")
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = Field(0, description="seed of the trajectory split")
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    seed: int = Field(DEFAULT_SPLIT_SEED, description="seed of the trajectory split")
     materialize: bool = Field(True, description="hold the pairs in the Ray object store (no re-read per epoch)")
     shuffle_buffer: int = Field(1024, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
     global_shuffle: bool = Field(True, description="shuffle the training pairs over all trajectories once, the same "

@@ -22,20 +22,22 @@ per frame, nats on the fibre measure in nm, on ``val_nll_frames`` frames;
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from finegrain.datasets.shards import unflatten_pair_batch
+from finegrain.datasets.shards import read_frames, unflatten_pair_batch
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
+from finegrain.trainables.flow.backmapper import FlowBackmapper
 from finegrain.trainables.flow.config import FlowConfig
 from finegrain.trainables.flow.fit import lr_factor, make_optimizer
+from finegrain.trainables.flow.geometry import bead_assignment
 from finegrain.trainables.flow.model import ConditionalFlow
-from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
-from finegrain.trainables.ray_run import FitResult, TrainWorker, worker_seed
+from finegrain.trainables.flow.train_config import FlowTrainConfig
+from finegrain.trainables.ray_run import FitResult, TrainWorker, load_training_data, run_training, worker_seed
+from finegrain.trainables.run_context import parse_loop_config
 
-if TYPE_CHECKING:
-    from finegrain.trainables.flow.train_config import FlowTrainConfig
 
 __all__ = ["fit", "fit_detailed", "FitResult", "train_loop_per_worker", "run_payload", "save_checkpoint_dir",
            "load_checkpoint_state"]
@@ -54,9 +56,6 @@ class _Worker(TrainWorker):
 
     def __init__(self, loop_config: dict[str, Any]):
         import ray.train
-
-        from finegrain.trainables.flow.train_config import FlowTrainConfig
-        from finegrain.trainables.run_context import parse_loop_config
 
         super().__init__(*parse_loop_config(loop_config, FlowTrainConfig))
         payload = self.ctx.payload
@@ -156,8 +155,6 @@ def fit(config: "FlowTrainConfig"):
 
 def training_assignment(shards: Path, manifest, mapping, train_ids: list[str], max_frames: int = 500) -> np.ndarray:
     """Bead of each atom's prior, from the mapping and (for atoms in no bead) training frames."""
-    from finegrain.datasets.shards import read_frames
-    from finegrain.trainables.flow.geometry import bead_assignment
 
     w = np.abs(np.asarray(mapping.matrix))
     if w.max(axis=0).min() > 0:
@@ -168,8 +165,6 @@ def training_assignment(shards: Path, manifest, mapping, train_ids: list[str], m
 
 def fit_detailed(config: "FlowTrainConfig") -> FitResult:
     """Train, log one MLflow run (params, step metrics, tags, final model); see :class:`FitResult`."""
-    from finegrain.trainables.flow.backmapper import FlowBackmapper
-    from finegrain.trainables.ray_run import load_training_data, run_training
 
     data = load_training_data(config)
     assignment = training_assignment(data.shards, data.manifest, data.mapping, data.splits["train"])

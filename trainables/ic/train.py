@@ -15,21 +15,22 @@ the validation split. Checkpoints: ``model.pt``, ``optimizer.pt``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from finegrain.datasets.shards import unflatten_pair_batch
+from finegrain.datasets.shards import read_frames, unflatten_pair_batch
+from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
 from finegrain.trainables.flow.fit import lr_factor
+from finegrain.trainables.ic.backmapper import ICBackmapper
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
+from finegrain.trainables.ic.train_config import ICTrainConfig
 from finegrain.trainables.ic.zmatrix import ZMatrix, build_zmatrix
-from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
-from finegrain.trainables.ray_run import FitResult, TrainWorker
+from finegrain.trainables.ray_run import FitResult, TrainWorker, load_training_data, run_training, worker_seed
+from finegrain.trainables.run_context import parse_loop_config
 
-if TYPE_CHECKING:
-    from finegrain.trainables.ic.train_config import ICTrainConfig
 
 __all__ = ["fit_detailed", "train_loop_per_worker", "run_payload", "load_checkpoint_state", "fitted_statistics"]
 
@@ -44,10 +45,6 @@ class _Worker(TrainWorker):
     def __init__(self, loop_config: dict[str, Any]):
         import ray.train
 
-        from finegrain.trainables.ic.train_config import ICTrainConfig
-        from finegrain.trainables.ray_run import worker_seed
-        from finegrain.trainables.run_context import parse_loop_config
-
         super().__init__(*parse_loop_config(loop_config, ICTrainConfig))
         payload = self.ctx.payload
         self.cfg: ICConfig = self.config.ic()
@@ -61,8 +58,6 @@ class _Worker(TrainWorker):
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
 
     def _reseed(self) -> None:
-        from finegrain.trainables.ray_run import worker_seed
-
         torch.manual_seed(worker_seed(self.seed, self.rank, self.step))
 
     def _train_step(self, batch: dict) -> dict[str, float]:
@@ -116,7 +111,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 def fitted_statistics(model: ConditionalIC, shards: Path, train_ids: list[str], max_frames: int) -> dict:
     """Fit ``model``'s standardisation on <= ``max_frames`` evenly spaced training frames; return it as lists."""
-    from finegrain.datasets.shards import read_frames
 
     fr = read_frames(shards, train_ids)
     take = np.unique(np.linspace(0, len(fr["aa_xyz_nm"]) - 1, min(max_frames, len(fr["aa_xyz_nm"]))).astype(int))
@@ -132,8 +126,6 @@ def run_payload(zm: ZMatrix, statistics: dict) -> dict[str, Any]:
 
 def fit_detailed(config: "ICTrainConfig") -> FitResult:
     """Train, log one MLflow run (params, step metrics, tags, final model); see :class:`FitResult`."""
-    from finegrain.trainables.ic.backmapper import ICBackmapper
-    from finegrain.trainables.ray_run import load_training_data, run_training
 
     data = load_training_data(config)
     zm = build_zmatrix(data.topology, data.mapping)

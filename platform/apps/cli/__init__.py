@@ -12,7 +12,7 @@ Imports: the command modules import the jobs they run (evaluation, training,
 serving, ...) inside each command, the one place in the tree that does so on
 purpose: those pull in torch, MLflow, Ray and OpenMM (about 4 s measured on
 the CI machine), which ``finegrain --help`` and a mistyped option should not
-wait for (0.35 s as it is). Everywhere else, imports sit at module top.
+wait for (about 0.5 s as it is). Everywhere else, imports sit at module top.
 """
 
 from __future__ import annotations

@@ -7,7 +7,11 @@ from typing import List, Optional
 
 import typer
 
+from finegrain.datasets.simulate import SimulationConfig
+from finegrain.platform.apps.defaults import defaults_of
 from finegrain.platform.science.errors import InputError
+
+SIM = defaults_of(SimulationConfig)
 
 
 def register(app: typer.Typer) -> None:
@@ -35,16 +39,16 @@ def systems() -> None:
 def simulate(
     system: str = typer.Argument(..., help="Built-in system name (see `finegrain systems`) or a system YAML file."),
     out: Path = typer.Option(..., help="Output folder (must not exist or be empty)."),
-    ns: float = typer.Option(0.1, help="Recorded length per replica, ns."),
-    replicas: int = typer.Option(1, help="Independent replicas (parallel Ray tasks)."),
-    temperature: float = typer.Option(300.0, help="Temperature, K."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same trajectories."),
-    stride_ps: float = typer.Option(1.0, help="Frame interval, ps."),
-    timestep_fs: float = typer.Option(2.0, help="Integration step, fs (<= 1 with --no-constraints)."),
+    ns: float = typer.Option(SIM["ns"], help="Recorded length per replica, ns."),
+    replicas: int = typer.Option(SIM["replicas"], help="Independent replicas (parallel Ray tasks)."),
+    temperature: float = typer.Option(SIM["temperature_k"], help="Temperature, K."),
+    seed: int = typer.Option(SIM["seed"], help="Random seed; the same seed gives the same trajectories."),
+    stride_ps: float = typer.Option(SIM["stride_ps"], help="Frame interval, ps."),
+    timestep_fs: float = typer.Option(SIM["timestep_fs"], help="Integration step, fs (<= 1 with --no-constraints)."),
     constraints: bool = typer.Option(True, help="Constrain bonds to H (--no-constraints: all bonds free, as "
                                                 "mapping-entropy estimates need)."),
-    equilibration_ps: float = typer.Option(10.0, help="Unrecorded equilibration after minimisation, ps."),
-    platform: str = typer.Option("auto", help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL."),
+    equilibration_ps: float = typer.Option(SIM["equilibration_ps"], help="Unrecorded equilibration after minimisation, ps."),
+    platform: str = typer.Option(SIM["platform"], help="OpenMM platform: auto, Reference, CPU, CUDA, OpenCL."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
 ) -> None:
     """Run OpenMM Langevin dynamics (replicas as Ray tasks) and write trajectories, energies, forces."""

@@ -8,6 +8,10 @@ from typing import List, Optional
 import typer
 
 from finegrain.platform.apps.console import ranking_table
+from finegrain.platform.apps.defaults import defaults_of
+from finegrain.platform.apps.entropy_config import CompareConfig
+
+CMP = defaults_of(CompareConfig)
 
 app = typer.Typer(help="Mapping entropies: how much atomistic information each CG mapping throws away.",
                   no_args_is_help=True)
@@ -20,21 +24,21 @@ def register(root: typer.Typer) -> None:
 @app.command()
 def compare(
     shards: Path = typer.Option(..., help="AA data: a shard folder (`finegrain ingest`); re-mapped per mapping."),
-    system: str = typer.Option("adp", help="Reference system whose named mappings are compared."),
-    mappings: str = typer.Option("backbone6,backbone5,ca,heavy", help="Comma-separated mapping names."),
-    budget: int = typer.Option(2000, min=1, help="Training steps per flow."),
+    system: str = typer.Option(CMP["system"], help="Reference system whose named mappings are compared."),
+    mappings: str = typer.Option(",".join(CMP["mappings"]), help="Comma-separated mapping names."),
+    budget: int = typer.Option(CMP["budget"], min=1, help="Training steps per flow."),
     config: Optional[Path] = typer.Option(None, help="Base flow training config YAML (default: built-in defaults)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a flow config key (repeatable)."),
-    experiment: str = typer.Option("entropy-compare", help="MLflow experiment of the comparison."),
-    eval_frames: int = typer.Option(256, min=2, help="Held-out frames scored by the flow."),
-    divergence: str = typer.Option("hutchinson", help="Divergence for log q: exact or hutchinson."),
-    probes: int = typer.Option(4, min=1, help="Hutchinson probes per frame."),
-    clusters: int = typer.Option(20, min=1, help="First k of the k-means clusters of CG frames (energy-variance "
+    experiment: str = typer.Option(CMP["experiment"], help="MLflow experiment of the comparison."),
+    eval_frames: int = typer.Option(CMP["eval_frames"], min=2, help="Held-out frames scored by the flow."),
+    divergence: str = typer.Option(CMP["divergence"], help="Divergence for log q: exact or hutchinson."),
+    probes: int = typer.Option(CMP["n_probes"], min=1, help="Hutchinson probes per frame."),
+    clusters: int = typer.Option(CMP["n_clusters"], min=1, help="First k of the k-means clusters of CG frames (energy-variance "
                                                  "estimator); doubled until its value moves by <= --cluster-tol."),
-    cluster_tol: float = typer.Option(0.05, help="Convergence tolerance of the k-doubling check (relative change)."),
-    temperature: float = typer.Option(300.0, help="Temperature of the AA ensemble, K."),
-    reuse: bool = typer.Option(True, help="Reuse flows trained earlier on the same data with the same settings."),
-    seed: int = typer.Option(0, help="Seed of frame selection and Hutchinson probes."),
+    cluster_tol: float = typer.Option(CMP["giulini_tol"], help="Convergence tolerance of the k-doubling check (relative change)."),
+    temperature: float = typer.Option(CMP["temperature_k"], help="Temperature of the AA ensemble, K."),
+    reuse: bool = typer.Option(CMP["reuse"], help="Reuse flows trained earlier on the same data with the same settings."),
+    seed: int = typer.Option(CMP["seed"], help="Seed of frame selection and Hutchinson probes."),
 ) -> None:
     """Train (or reuse) one flow per mapping, compute all estimators, log to MLflow, print a ranked table.
 
@@ -43,7 +47,7 @@ def compare(
     """
     from rich.console import Console
 
-    from finegrain.platform.apps.entropy_compare import CompareConfig, compare_mappings
+    from finegrain.platform.apps.entropy_compare import compare_mappings
     from finegrain.platform.services.stack import tracking_uri
     from finegrain.platform.services.tracking import Tracker
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from finegrain.datasets.shards import DEFAULT_SPLIT_SEED
 from finegrain.platform.apps.console import leaderboard_table
 
 
@@ -81,7 +82,7 @@ def baseline(
     family: str = typer.Argument(..., help="nullspace (null-space fibre sampler) or em (placement + restrained minimisation)."),
     shards: Path = typer.Option(..., help="Training shard folder."),
     register_as: Optional[str] = typer.Option(None, help="Also register the model under this name."),
-    seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
+    seed: int = typer.Option(DEFAULT_SPLIT_SEED, help="Seed of the train/validation/test split."),
 ) -> None:
     """Fit a baseline on a shard folder and log it to MLflow; prints the model URI."""
     from finegrain.platform.services.stack import tracking_uri

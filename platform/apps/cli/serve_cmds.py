@@ -6,6 +6,11 @@ from typing import Optional
 
 import typer
 
+from finegrain.platform.apps.defaults import defaults_of
+from finegrain.platform.apps.serving_config import ServeSettings
+
+SERVE = defaults_of(ServeSettings)
+
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
@@ -16,13 +21,13 @@ def serve(
                                                    "or a model folder."),
     host: str = typer.Option("127.0.0.1", help="HTTP host (0.0.0.0 exposes the server to the network)."),
     port: int = typer.Option(8000, help="HTTP port."),
-    replicas: int = typer.Option(1, min=1, help="Serve replicas."),
+    replicas: int = typer.Option(SERVE["replicas"], min=1, help="Serve replicas."),
     reload: bool = typer.Option(False, "--reload", help="Follow the registry alias: when it moves, switch to the "
                                                         "new version (in-flight requests finish on the old one)."),
-    poll_s: float = typer.Option(30.0, help="Seconds between alias checks with --reload."),
-    max_frames: int = typer.Option(10_000, help="Most output frames (samples x CG frames) per request."),
-    max_bytes: int = typer.Option(64 * 2**20, help="Largest request body, bytes."),
-    max_batch_size: int = typer.Option(16, min=1, help="Concurrent requests batched on a replica (1: no batching)."),
+    poll_s: float = typer.Option(SERVE["poll_s"], help="Seconds between alias checks with --reload."),
+    max_frames: int = typer.Option(SERVE["max_frames"], help="Most output frames (samples x CG frames) per request."),
+    max_bytes: int = typer.Option(SERVE["max_bytes"], help="Largest request body, bytes."),
+    max_batch_size: int = typer.Option(SERVE["max_batch_size"], min=1, help="Concurrent requests batched on a replica (1: no batching)."),
     stop: bool = typer.Option(False, "--stop", help="Stop Serve on the stack and exit."),
 ) -> None:
     """Serve a backmapping model over HTTP (POST /backmap, POST /backmap/file, GET /model; docs at /docs)."""
