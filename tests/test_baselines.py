@@ -1,10 +1,13 @@
 """Baseline backmappers: exact fibre points, training statistics, restrained minimisation, persistence."""
 
+from pathlib import Path
+
 import mdtraj as md
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from finegrain.datasets.shards import read_frames
 from finegrain.tests.helpers import replica_frames
 from finegrain.platform.science.metrics import clash_fraction, internal_js
 from finegrain.platform.science.metrics.structure import bonded_terms
@@ -140,3 +143,27 @@ def test_protocol_backmap_trajectory_and_bad_input(adp, nullspace):
         fit_nullspace(adp["train"], mapping, adp["top"], mode="gmm")
     with pytest.raises(InputError, match="system"):
         EnergyMinimisationBackmapper(adp["top"], mapping, "chignolin").backmap_xyz(mapping.map(adp["test"][:1]))
+
+
+@pytest.mark.slow
+def test_baselines_are_trainers_too(stack, adp_shards, tmp_path):
+    """`finegrain train` fits a baseline from its shipped config (the trainer protocol of every family); the
+    model it logs is the one `fit_baseline` makes from the same split, to the last bit."""
+    from finegrain.platform.services.tracking import Tracker
+    from finegrain.tests.helpers import train_with_cli
+    from finegrain.trainables.baseline_fit import fit_baseline
+    from finegrain.trainables.persistence import load_backmapper_from_uri
+    from finegrain.trainables.protocol import TRAINERS
+
+    assert {"nullspace", "em"} <= set(TRAINERS)
+    sets = [f"data.shards={adp_shards}", "data.fractions=[0.5, 0.5, 0.0]", f"training.work_dir={tmp_path}",
+            "tracking.experiment=test-baselines"]
+    lines = train_with_cli("adp_nullspace.yaml", sets)
+    tracker = Tracker(stack.mlflow_uri)
+    run = tracker.client.get_run(lines["run id"])
+    assert run.data.tags["family"] == "nullspace" and run.info.status == "FINISHED"
+    logged = load_backmapper_from_uri(lines["model uri"], tracker)
+    direct, _ = fit_baseline("nullspace", adp_shards, fractions=(0.5, 0.5, 0.0))
+    cg = direct.mapping.map(read_frames(adp_shards)["aa_xyz_nm"][:4].astype(np.float64))
+    np.testing.assert_array_equal(logged.backmap_xyz(cg, n_samples=2, seed=1), direct.backmap_xyz(cg, n_samples=2, seed=1))
+    assert (Path(lines["model folder"]) / "backmapper.json").is_file()

@@ -1,18 +1,33 @@
-"""Fit a baseline backmapper from a shard folder and log it to MLflow like any trained model."""
+"""Fit a baseline backmapper from a shard folder and log it to MLflow like any trained model; baselines are
+trainers too (:class:`BaselineTrainConfig`, :func:`fit_detailed`), so ``finegrain train`` and sweeps fit them."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Manifest, read_frames, split_trajectories
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.services.stack import stack_home, tracking_uri
 from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
 from finegrain.trainables.persistence import log_backmapper
 from finegrain.trainables.protocol import split_record
+from finegrain.trainables.ray_run import FitResult
+from finegrain.trainables.train_config import (
+    ConfigError,
+    DataSection,
+    RunSection,
+    TrackingSection,
+    TrainingConfigBase,
+    flatten,
+)
 
-__all__ = ["fit_baseline", "BASELINE_EXPERIMENT"]
+__all__ = ["fit_baseline", "fit_detailed", "BaselineTrainConfig", "BASELINE_EXPERIMENT"]
 
 BASELINE_EXPERIMENT = "finegrain-baselines"
 
@@ -55,3 +70,53 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
         raise
     tracker.end_run(run_id)
     return model, uri
+
+
+# ----------------------------------------------------------------------------- baselines as trainers
+class BaselineModelSection(BaseModel):
+    """Baselines have no hyper-parameters to set: the section exists so their configs read like the others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaselineTrainConfig(TrainingConfigBase):
+    """The configuration of fitting a baseline with ``finegrain train`` (``family: nullspace`` or ``em``).
+
+    Only ``data`` (shards, split) and ``tracking`` matter; ``training.work_dir`` is where the model folder goes.
+    """
+
+    FAMILY: ClassVar[str] = "nullspace|em"
+    data: DataSection
+    model: BaselineModelSection = Field(default_factory=BaselineModelSection)
+    training: RunSection = Field(default_factory=RunSection)
+    tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment=BASELINE_EXPERIMENT))
+
+    def resolved_model(self) -> "_NoHyperParameters":
+        return _NoHyperParameters()
+
+    def _check(self, source: str) -> None:
+        if self.family not in ("nullspace", "em"):
+            raise ConfigError(f"{source}: key 'family': a baseline config names nullspace or em, got {self.family!r}")
+
+    def flat(self) -> dict[str, str]:
+        return flatten(self.model_dump(mode="json"))
+
+
+class _NoHyperParameters:
+    def to_dict(self) -> dict:
+        return {}
+
+
+def fit_detailed(config: BaselineTrainConfig) -> FitResult:
+    """Fit the config's baseline on its training split, log it (when ``tracking.enabled``) and save its folder:
+    the trainer protocol of :data:`finegrain.trainables.protocol.FAMILIES`, as the learned families have."""
+    t = config.training
+    tracker = Tracker.connect(tracking_uri()) if config.tracking.enabled else None
+    model, uri = fit_baseline(config.family, config.data.shards, experiment=config.tracking.experiment,
+                              fractions=tuple(config.data.fractions), seed=config.data.seed,
+                              registered_model_name=config.tracking.register_as, tracker=tracker)
+    run_id = uri.split("/")[1] if uri else None
+    name = f"{config.family}-{run_id}" if run_id else f"{config.family}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(t.work_dir or stack_home() / "runs").resolve() / name
+    folder = model.save(run_dir / "model")
+    return FitResult(model, run_id, uri, folder, None, run_dir)

@@ -40,8 +40,8 @@ class Family:
     """A model family, declared once: where its backmapper and trainer live and what it can do.
 
     backmapper : "module:Class" of its :class:`Backmapper` (imported on demand).
-    config, fit : "module:ConfigClass" and "module:fit_detailed" of its trainer (None: fitted by
-        ``finegrain baseline``). A config class has ``from_dict(data, source)``, ``from_yaml(path,
+    config, fit : "module:ConfigClass" and "module:fit_detailed" of its trainer (None: not trainable).
+        A config class has ``from_dict(data, source)``, ``from_yaml(path,
         overrides)``, ``flat()`` and sections data/model/training/tracking; ``fit_detailed(config)``
         returns a ``FitResult`` (backmapper, MLflow run id, model URI, folders).
     options : backmapping options a user may set on a loaded model (attribute names), e.g. the cVAE's
@@ -63,8 +63,11 @@ FAMILIES: dict[str, Family] = {
     "cvae": Family("finegrain.trainables.cvae.backmapper:CVAEBackmapper",
                    "finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed",
                    options=("prior", "project_cg")),
-    "nullspace": Family("finegrain.trainables.baselines:NullSpaceBackmapper"),
-    "em": Family("finegrain.trainables.baselines:EnergyMinimisationBackmapper"),
+    "nullspace": Family("finegrain.trainables.baselines:NullSpaceBackmapper",
+                        "finegrain.trainables.baseline_fit:BaselineTrainConfig",
+                        "finegrain.trainables.baseline_fit:fit_detailed"),
+    "em": Family("finegrain.trainables.baselines:EnergyMinimisationBackmapper",
+                 "finegrain.trainables.baseline_fit:BaselineTrainConfig", "finegrain.trainables.baseline_fit:fit_detailed"),
     "flow": Family("finegrain.trainables.flow.backmapper:FlowBackmapper",
                    "finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
     "ic": Family("finegrain.trainables.ic.backmapper:ICBackmapper",

@@ -13,18 +13,22 @@ the Ray boundary is the validated config and the run context, each dumped as
 JSON data (:func:`~finegrain.trainables.run_context.loop_config`).
 
 On the worker side, :class:`TrainWorker` holds what every worker shares
-(the config and context validated again, rank, device, counters, restore) and
-:func:`report_step` reports metrics to MLflow (rank 0) and Ray Train, with a
-checkpoint folder when asked.
+(the config and context validated again, rank, device, counters, restore, the
+step loop) and declares the hooks a family implements (:meth:`TrainWorker._train_step`,
+``_validate``, ``_step_metrics``, ``_report``, ``_reseed``). Reporting goes
+to observers (:class:`StepObserver`: the MLflow metric logger on rank 0, as
+OpenMM's reporters watch a simulation) and to Ray Train (:func:`report_step`),
+whose driver-side callbacks report to Tune.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from finegrain.datasets.shards import Manifest, pair_dataset, split_trajectories
 from finegrain.platform.science.mapping import CGMapping
@@ -36,7 +40,15 @@ from finegrain.trainables.run_context import RunContext, loop_config
 from finegrain.trainables.tune_hooks import tune_callbacks
 
 __all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
-           "TrainWorker"]
+           "TrainWorker", "StepObserver"]
+
+
+class StepObserver(Protocol):
+    """Something that watches a training run's reported steps (the MLflow metric logger; a test's recorder)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass
@@ -178,9 +190,9 @@ def run_training(config, family: str, data: TrainingData, loop: Callable[[dict],
     return FitResult(bm, run_id, model_uri, folder, ck_path, work / name)
 
 
-def report_step(step: int, metrics: dict[str, float], logger, ctx: RunContext, rank: int,
+def report_step(step: int, metrics: dict[str, float], observers: list[StepObserver], ctx: RunContext, rank: int,
                 save_checkpoint: Callable[[Path], Any] | None = None) -> None:
-    """Worker side: log ``metrics`` at ``step`` to MLflow (``logger``, rank 0) and report them to Ray Train.
+    """Worker side: hand ``metrics`` at ``step`` to the ``observers`` and report them to Ray Train.
 
     With ``save_checkpoint`` (writes a checkpoint into the folder it is
     given), rank 0 writes one and reports it. In-process runs
@@ -189,9 +201,9 @@ def report_step(step: int, metrics: dict[str, float], logger, ctx: RunContext, r
     """
     import ray.train
 
-    if logger is not None:
-        logger.log(step, metrics)
-        logger.flush()
+    for observer in observers:
+        observer.log(step, metrics)
+        observer.flush()
     metrics = {**metrics, "step": step}
     if save_checkpoint is None:
         ray.train.report(metrics)
@@ -217,7 +229,7 @@ def worker_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-class TrainWorker:
+class TrainWorker(ABC):
     """What every family's Ray Train worker shares: rank and world size, CPU threads, device,
     the step/epoch counters, restoring from a checkpoint, and reporting (MLflow on rank 0).
 
@@ -247,11 +259,9 @@ class TrainWorker:
         if t.use_gpu and torch.cuda.is_available():
             self.device = ray.train.torch.get_device()
         self.step, self.epoch = 0, 0
-        self.logger = None
-        if self.rank == 0 and ctx.run_id:
-            from finegrain.platform.services.tracking import Tracker
-
-            self.logger = Tracker(ctx.tracking_uri).metric_logger(ctx.run_id)  # this worker's tracker
+        self.observers: list[StepObserver] = []
+        if self.rank == 0 and ctx.run_id:  # this worker's tracker: MLflow watches rank 0's steps
+            self.observers.append(Tracker(ctx.tracking_uri).metric_logger(ctx.run_id))
 
     @property
     def seed(self) -> int:
@@ -304,7 +314,29 @@ class TrainWorker:
 
     def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
-        report_step(self.step, metrics, self.logger, self.ctx, self.rank, save_checkpoint)
+        report_step(self.step, metrics, self.observers, self.ctx, self.rank, save_checkpoint)
+
+    # ------------------------------------------------------------------ the hooks a family implements
+    @abstractmethod
+    def _train_step(self, batch: dict) -> dict[str, float]:
+        """One optimiser step on a batch of pairs (``aa_prev``, ``cg``, ``aa`` tensors); its loss terms."""
+
+    @abstractmethod
+    def _validate(self) -> dict[str, float]:
+        """Validation metrics (``val_*``) on the "validation" shard, at the current step."""
+
+    @abstractmethod
+    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+        """The metrics to report from the running means of ``_train_step``'s terms (``used``: the step whose
+        schedule values apply)."""
+
+    @abstractmethod
+    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
+        """Report ``metrics`` (:meth:`report`), with the family's checkpoint state when ``checkpoint``."""
+
+    @abstractmethod
+    def _reseed(self) -> None:
+        """Restart the family's random streams from (seed, rank, step): what a resumed run draws next."""
 
     def train(self, max_steps: int, batch_size: int, desc: str, *, checkpoint_last: bool) -> None:
         """Epochs over the "train" shard until ``max_steps``: the loop every family shares.

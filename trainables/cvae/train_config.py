@@ -30,98 +30,36 @@ sets typed values by key (:func:`set_values`, :meth:`TrainingConfigBase.with_val
 Validation errors are :class:`ConfigError` (a ``ValueError``) naming the key;
 a model field's error names ``model.<field>`` from the
 :class:`~finegrain.trainables.model_config.ModelConfigError` it raises.
-Every default lives here or in :class:`~finegrain.trainables.cvae.config.CVAEConfig`.
+The sections every family shares live in :mod:`finegrain.trainables.train_config`;
+every cVAE default lives here or in :class:`~finegrain.trainables.cvae.config.CVAEConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field
 
-from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
-from finegrain.platform.science.errors import FinegrainError
 from finegrain.trainables.cvae.config import CVAEConfig
-from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
-from finegrain.trainables.model_config import ModelConfigError
+from finegrain.trainables.train_config import (
+    ConfigError,
+    DataSection,
+    PresetModelSection,
+    RunSection,
+    TrackingSection,
+    TrainingConfigBase,
+)
 
-__all__ = ["TrainConfig", "TrainingConfigBase", "RunSection", "ConfigError", "DataSection", "TrackingSection", "apply_overrides",
-           "parse_override", "set_values", "flatten"]
-
-PRESETS = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin, "smoke": CVAEConfig.smoke}
-
-
-class ConfigError(FinegrainError, ValueError):
-    """A training config that does not validate; the message names the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataSection(_Section):
-    """Training data: a shard folder and how to cut it into temporal pairs."""
-
-    shards: Path
-    lag: int = Field(1, ge=1, description="frames between AA(t-lag) and AA(t)")
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
-    seed: int = Field(DEFAULT_SPLIT_SEED, description="seed of the trajectory split")
-    materialize: bool = Field(True, description="hold the pairs in the Ray object store (no re-read per epoch)")
-    shuffle_buffer: int = Field(1024, ge=0, description="rows in Ray Data's local shuffle buffer (0: no shuffle)")
-    global_shuffle: bool = Field(True, description="shuffle the training pairs over all trajectories once, the same "
-                                 "way on every run (seeded by data.seed); false: each trajectory in time order, only "
-                                 "mixed within the local shuffle buffer")
-
-    @field_validator("fractions")
-    @classmethod
-    def _fractions(cls, v):
-        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-9 or v[0] <= 0:
-            raise ValueError(f"three non-negative numbers summing to 1 with train > 0, got {list(v)}")
-        return v
-
-
-class ModelSection(BaseModel):
-    """A CVAEConfig preset (Table 1) plus overrides of any of its fields."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    preset: Literal["adp", "chignolin", "smoke"] = "adp"
-
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class RunSection(_Section):
-    """The training-section fields every family shares: cadence, scaling, fault tolerance, folders.
-
-    A family's training section subclasses it, redeclaring a field to change its default.
-    """
-
-    checkpoint_every: int = Field(10_000, ge=1)
-    eval_every: int = Field(10_000, ge=1)
-    log_every: int = Field(100, ge=1)
-    num_workers: int = Field(NUM_WORKERS, ge=0, description="Ray Train workers; 0 runs in this process (local mode)")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(CPUS_PER_WORKER, gt=0)
-    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
-    startup_failures: int = Field(3, ge=-1, description="failed worker-group start-ups tolerated (Train's "
-                                  "controller_failure_limit) before the run fails; -1: unlimited (opt-in: a "
-                                  "start-up that can never get its resources then retries forever)")
-    keep_checkpoints: int | None = Field(None, ge=1, description="checkpoints kept on disk; None: all")
-    seed: int = 0
-    precision: Literal["32", "bf16-mixed"] = Field("32", description="bf16-mixed: forward passes under bfloat16 "
-                                                  "autocast (GPU recipes; weights and optimiser stay float32)")
-    compile: bool = Field(False, description="torch.compile the model for training (GPU recipes)")
-    resume_from: Path | None = Field(None, description="a checkpoint folder to continue from")
-    work_dir: Path | None = Field(None, description="Ray Train storage and model folders; None: $FINEGRAIN_HOME/runs")
-    progress: bool = True
+__all__ = ["TrainConfig", "TrainingSection", "ConfigError"]
 
 
 class TrainingSection(RunSection):
     """The cVAE run: budget, energy term, inference extras (and the shared :class:`RunSection`)."""
 
     max_steps: int | None = Field(None, ge=1, description="None: the preset's (Table 1) count")
+    checkpoint_every: int = Field(10_000, ge=1)
+    eval_every: int = Field(10_000, ge=1)
+    log_every: int = Field(100, ge=1)
     energy: bool = Field(True, description="add lambda L_ENERGY once lambda > 0 (needs an energy model of the system)")
     energy_backend: Literal["torch", "openmm"] = "torch"
     energy_compile: bool = Field(False, description="torch backend: run U(x) through torch.compile "
@@ -132,110 +70,23 @@ class TrainingSection(RunSection):
     inject_failure_at: int | None = Field(None, ge=0, description="drill: rank 0 raises once at this step")
 
 
-class TrackingSection(_Section):
-    """MLflow: one run per training, in ``experiment``."""
-
-    enabled: bool = True
-    experiment: str = "cvae"
-    run_name: str | None = None
-    model_name: str = "model"
-    register_as: str | None = None
-    parent_run_id: str | None = Field(None, description="nest the run under this MLflow run (a sweep's parent)")
-
-
-class TrainingConfigBase(_Section):
-    """What every family's training config shares: sections data/model/training/tracking,
-    flattening to MLflow params, and loading from dicts, YAML and ``--set`` overrides.
-
-    A family sets ``MODEL_CONFIG`` (its frozen dataclass of hyper-parameters),
-    implements :meth:`resolved_model` (its model config from the ``model``
-    section: preset + overrides, an object with ``to_dict()``) and may refine
-    :meth:`_check`.
-    """
-
-    FAMILY: ClassVar[str] = "?"
-    MODEL_CONFIG: ClassVar[type | None] = None
-    family: str | None = Field(None, description="the model family (finegrain train dispatches on it)")
-
-    def resolved_model(self):
-        raise NotImplementedError
-
-    def _check(self, source: str) -> None:
-        """Family checks after validation; raise ConfigError naming the key."""
-        if self.family not in (None, self.FAMILY):
-            raise ConfigError(f"{source}: key 'family': {self.family!r} is not a {self.FAMILY} config")
-        if self.MODEL_CONFIG is not None:
-            fields = {f.name for f in dataclasses.fields(self.MODEL_CONFIG)}
-            unknown = sorted(set(self.model.overrides()) - fields)
-            if unknown:
-                raise ConfigError(f"{source}: " + "; ".join(f"key 'model.{k}': unknown key" for k in unknown)
-                                  + f" ({self.MODEL_CONFIG.__name__} has no such field)")
-        try:
-            self.resolved_model()
-        except ModelConfigError as exc:
-            raise ConfigError(f"{source}: key 'model{'.' + exc.field if exc.field else ''}': {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: key 'model': {exc}") from None
-
-    def flat(self) -> dict[str, str]:
-        """Every setting as ``section.key`` -> str (MLflow params); model fields fully resolved."""
-        d = self.model_dump(mode="json")
-        d["model"] = {"preset": self.model.preset, **self.resolved_model().to_dict()}
-        return flatten(d)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config"):
-        """Validate a nested dict; every problem is reported as ``key 'a.b': reason``."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data/model/training/tracking, "
-                              f"got {type(data).__name__}")
-        try:
-            cfg = cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-        cfg._check(source)
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None):
-        """Load a YAML file, apply ``--set key=value`` overrides, validate.
-
-        A relative ``data.shards`` / ``training.*`` path in the file is taken
-        relative to the current directory (as typed on the command line).
-        """
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config {path}: cannot read ({exc})") from None
-        return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
-
-    def with_overrides(self, overrides: list[str]):
-        """A validated copy with ``key=value`` overrides (command-line strings) applied."""
-        return type(self).from_dict(apply_overrides(self.model_dump(mode="json", exclude_none=False), overrides))
-
-    def with_values(self, values: dict[str, Any], source: str = "config"):
-        """A validated copy with typed values set by dotted key (``{"training.max_steps": 10}``)."""
-        return type(self).from_dict(set_values(self.model_dump(mode="json", exclude_none=False), values), source)
-
-
 class TrainConfig(TrainingConfigBase):
     """The whole configuration of one cVAE training run."""
 
     FAMILY: ClassVar[str] = "cvae"
     MODEL_CONFIG: ClassVar[type] = CVAEConfig
+    PRESETS: ClassVar[dict[str, Any]] = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin,
+                                         "smoke": CVAEConfig.smoke}
 
     data: DataSection
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: PresetModelSection = Field(default_factory=PresetModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
-    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="cvae"))
 
     # ------------------------------------------------------------------ derived
     def cvae(self) -> CVAEConfig:
         """The resolved CVAEConfig: preset, overrides, then ``training.max_steps``."""
-        cfg = PRESETS[self.model.preset](**self.model.overrides())
+        cfg = super().resolved_model()
         if self.training.max_steps is not None:
             cfg = cfg.replace(max_steps=self.training.max_steps)
         return cfg
@@ -247,77 +98,3 @@ class TrainConfig(TrainingConfigBase):
         if self.training.max_steps is not None and "max_steps" in self.model.overrides():
             raise ConfigError(f"{source}: key 'training.max_steps' and key 'model.max_steps' are both set; keep one")
         super()._check(source)
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """A command-line ``section.key=value`` string -> (dotted key, value parsed as YAML)."""
-    import yaml
-
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. training.max_steps=100)")
-    try:
-        return key, (yaml.safe_load(raw) if raw.strip() else None)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-
-
-def _set_key(node: dict[str, Any], key: str, value: Any, label: str) -> None:
-    parts = key.split(".")
-    if any(not part for part in parts):
-        raise ConfigError(f"{label}: expected a dotted key section.key")
-    for i, part in enumerate(parts[:-1]):
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{label}: key '{'.'.join(parts[: i + 1])}' is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Set typed values by dotted key (``{"training.max_steps": 10}``) in a nested dict (a copy), in order."""
-    import copy
-
-    out = copy.deepcopy(data) if data else {}
-    for key, value in values.items():
-        _set_key(out, key, copy.deepcopy(value), f"key {key!r}")
-    return out
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply command-line ``section.key=value`` strings to a nested dict (a copy); values parsed as YAML."""
-    import copy
-
-    out = copy.deepcopy(data) if data else {}
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_key(out, key, value, f"--set {item!r}")
-    return out
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested dict -> {'a.b.c': str(value)}; lists and None are rendered as text."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = "null" if v is None else str(v)
-    return out
-
-
-def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    msg = err.get("msg", "invalid")
-    if err.get("type") == "extra_forbidden":
-        return f"key '{loc}': unknown key"
-    if err.get("type") == "missing":
-        return f"key '{loc}': required"
-    got = err.get("input")
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"key '{loc}': {msg}{got_s}"
-

@@ -17,7 +17,7 @@
       experiment: flow
 
 ``--set section.key=value`` overrides any key (values parsed as YAML).
-Errors are :class:`~finegrain.trainables.cvae.train_config.ConfigError`
+Errors are :class:`~finegrain.trainables.train_config.ConfigError`
 naming the key.
 """
 
@@ -25,39 +25,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from finegrain.trainables.cvae.train_config import (
+from finegrain.trainables.train_config import (
     ConfigError,
     DataSection,
+    PresetModelSection,
     RunSection,
     TrackingSection,
     TrainingConfigBase,
 )
 from finegrain.trainables.flow.config import FlowConfig
 
-__all__ = ["FlowTrainConfig", "FlowModelSection", "FlowTrainingSection", "ConfigError"]
-
-PRESETS = {"default": FlowConfig, "smoke": FlowConfig.smoke}
-
-
-class FlowModelSection(BaseModel):
-    """A FlowConfig preset plus overrides of any of its fields."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    preset: Literal["default", "smoke"] = "default"
-
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+__all__ = ["FlowTrainConfig", "FlowTrainingSection", "ConfigError"]
 
 
 class FlowTrainingSection(RunSection):
     """The flow run: budget, validation likelihood (and the shared :class:`RunSection`)."""
 
     max_steps: int = Field(2000, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    eval_every: int = Field(500, ge=1)
-    log_every: int = Field(50, ge=1)
     val_nll_frames: int = Field(64, ge=0, description="validation frames scored by -log q at each evaluation")
     val_divergence: Literal["exact", "hutchinson"] = "hutchinson"
     val_steps: int = Field(8, ge=1, description="RK4 steps of the validation likelihood")
@@ -68,15 +54,13 @@ class FlowTrainConfig(TrainingConfigBase):
 
     FAMILY: ClassVar[str] = "flow"
     MODEL_CONFIG: ClassVar[type] = FlowConfig
+    PRESETS: ClassVar[dict[str, Any]] = {"default": FlowConfig, "smoke": FlowConfig.smoke}
 
     data: DataSection
-    model: FlowModelSection = Field(default_factory=FlowModelSection)
+    model: PresetModelSection = Field(default_factory=PresetModelSection)
     training: FlowTrainingSection = Field(default_factory=FlowTrainingSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="flow"))
 
     def flow(self) -> FlowConfig:
         """The resolved FlowConfig (preset + overrides)."""
-        return PRESETS[self.model.preset](**self.model.overrides())
-
-    def resolved_model(self) -> FlowConfig:
-        return self.flow()
+        return self.resolved_model()

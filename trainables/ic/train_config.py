@@ -19,41 +19,27 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from finegrain.trainables.cvae.train_config import (
+from finegrain.trainables.train_config import (
     ConfigError,
     DataSection,
+    PresetModelSection,
     RunSection,
     TrackingSection,
     TrainingConfigBase,
 )
 from finegrain.trainables.ic.config import ICConfig
 
-__all__ = ["ICTrainConfig", "ICModelSection", "ICTrainingSection", "ConfigError"]
-
-PRESETS = {"default": ICConfig, "smoke": ICConfig.smoke}
-
-
-class ICModelSection(BaseModel):
-    """An ICConfig preset plus overrides of any of its fields."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    preset: Literal["default", "smoke"] = "default"
-
-    def overrides(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+__all__ = ["ICTrainConfig", "ICTrainingSection", "ConfigError"]
 
 
 class ICTrainingSection(RunSection):
     """The ic run: budget and cadence (and the shared :class:`RunSection`)."""
 
     max_steps: int = Field(4000, ge=1)
-    checkpoint_every: int = Field(1000, ge=1)
-    eval_every: int = Field(500, ge=1)
-    log_every: int = Field(50, ge=1)
     statistics_frames: int = Field(5000, ge=2, description="training frames the standardisation is fitted on")
 
 
@@ -62,15 +48,13 @@ class ICTrainConfig(TrainingConfigBase):
 
     FAMILY: ClassVar[str] = "ic"
     MODEL_CONFIG: ClassVar[type] = ICConfig
+    PRESETS: ClassVar[dict[str, Any]] = {"default": ICConfig, "smoke": ICConfig.smoke}
 
     data: DataSection
-    model: ICModelSection = Field(default_factory=ICModelSection)
+    model: PresetModelSection = Field(default_factory=PresetModelSection)
     training: ICTrainingSection = Field(default_factory=ICTrainingSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="ic"))
 
     def ic(self) -> ICConfig:
         """The resolved ICConfig (preset + overrides)."""
-        return PRESETS[self.model.preset](**self.model.overrides())
-
-    def resolved_model(self) -> ICConfig:
-        return self.ic()
+        return self.resolved_model()
