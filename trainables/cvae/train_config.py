@@ -41,14 +41,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from finegrain.trainables.cvae.config import CVAEConfig
-from finegrain.trainables.train_config import (
-    ConfigError,
-    DataSection,
-    PresetModelSection,
-    RunSection,
-    TrackingSection,
-    TrainingConfigBase,
-)
+from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 
 __all__ = ["TrainConfig", "TrainingSection", "ConfigError"]
 

@@ -1,33 +1,20 @@
 """Torch-only helpers: train a :class:`ConditionalFlow` on in-memory arrays, score held-out frames.
 
 For tests, notebooks and GPU boxes that have torch and numpy only; the Ray
-Train loop (:mod:`.train`) uses the same loss and optimiser settings.
+Train worker (:mod:`.train`) takes the same step (:mod:`finegrain.trainables.optim`).
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 
 from finegrain.trainables.flow.model import ConditionalFlow
+from finegrain.trainables.optim import make_optimizer, optimizer_step, set_learning_rate
 
-__all__ = ["make_optimizer", "fit_arrays", "nll_arrays"]
-
-
-def make_optimizer(flow: ConditionalFlow) -> torch.optim.Optimizer:
-    c = flow.config
-    return torch.optim.AdamW(flow.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
-
-
-def lr_factor(step: int, max_steps: int, warmup: int = 50) -> float:
-    """Linear warm-up then cosine decay to 5% of the base rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+__all__ = ["fit_arrays", "nll_arrays"]
 
 
 def fit_arrays(flow: ConditionalFlow, aa: np.ndarray, cg: np.ndarray, steps: int, seed: int = 0,
@@ -36,7 +23,7 @@ def fit_arrays(flow: ConditionalFlow, aa: np.ndarray, cg: np.ndarray, steps: int
     """Train ``flow`` in place for ``steps`` Adam steps on aa [F, N, 3], cg [F, n, 3] (nm); returns the losses.
 
     Batches of ``flow.config.batch_size`` frames drawn with replacement;
-    learning rate: warm-up then cosine decay (:func:`lr_factor`).
+    learning rate: warm-up then cosine decay (:func:`finegrain.trainables.optim.lr_factor`).
     """
     aa_t = torch.as_tensor(np.asarray(aa), dtype=torch.float32, device=device)
     cg_t = torch.as_tensor(np.asarray(cg), dtype=torch.float32, device=device)
@@ -44,20 +31,15 @@ def fit_arrays(flow: ConditionalFlow, aa: np.ndarray, cg: np.ndarray, steps: int
     if aa_t.shape[0] != cg_t.shape[0]:
         raise ValueError(f"aa, cg: frame counts differ ({aa_t.shape[0]} vs {cg_t.shape[0]})")
     flow.to(device).train()
-    opt = make_optimizer(flow)
+    opt = make_optimizer(flow, flow.config.learning_rate, flow.config.weight_decay)
     gen = torch.Generator(device=device).manual_seed(int(seed))
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = flow.config.learning_rate * lr_factor(step, steps)
+        set_learning_rate(opt, flow.config.learning_rate, step, steps)
         idx = torch.randint(0, aa_t.shape[0], (flow.config.batch_size,), generator=gen, device=device)
         loss = flow.cfm_loss(aa_t[idx], cg_t[idx], None if prev_t is None else prev_t[idx], generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimizer_step(opt, flow, loss))
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}: loss {np.mean(losses[-log_every:]):.5f} ({time.perf_counter() - t0:.1f} s)")
     flow.eval()

@@ -31,7 +31,7 @@ from finegrain.datasets.shards import read_frames, unflatten_pair_batch
 from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
 from finegrain.trainables.flow.backmapper import FlowBackmapper
 from finegrain.trainables.flow.config import FlowConfig
-from finegrain.trainables.flow.fit import lr_factor, make_optimizer
+from finegrain.trainables.optim import make_optimizer, optimizer_step, set_learning_rate
 from finegrain.trainables.flow.geometry import bead_assignment
 from finegrain.trainables.flow.model import ConditionalFlow
 from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -63,7 +63,7 @@ class _Worker(TrainWorker):
         torch.manual_seed(worker_seed(self.seed, 0))
         self.raw = ConditionalFlow(self.cfg, np.asarray(payload["mapping_matrix"]), np.asarray(payload["assignment"]))
         self.raw.to(self.device)
-        self.opt = make_optimizer(self.raw)
+        self.opt = make_optimizer(self.raw, self.cfg.learning_rate, self.cfg.weight_decay)
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
         self._reseed()
@@ -79,16 +79,11 @@ class _Worker(TrainWorker):
 
     def _train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
-        for g in self.opt.param_groups:
-            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, self.config.training.max_steps)
+        set_learning_rate(self.opt, self.cfg.learning_rate, self.step, self.config.training.max_steps)
         prev, cg, aa = self._pairs(batch)
         with self.autocast():
             loss = self.model(aa, cg, prev, generator=self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 10.0)
-        self.opt.step()
-        return {"train_total": float(loss.detach())}
+        return {"train_total": optimizer_step(self.opt, self.raw, loss)}
 
     def _validate(self) -> dict[str, float]:
         import ray.train

@@ -27,14 +27,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from finegrain.trainables.train_config import (
-    ConfigError,
-    DataSection,
-    PresetModelSection,
-    RunSection,
-    TrackingSection,
-    TrainingConfigBase,
-)
+from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 from finegrain.trainables.flow.config import FlowConfig
 
 __all__ = ["FlowTrainConfig", "FlowTrainingSection", "ConfigError"]

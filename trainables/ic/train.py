@@ -22,7 +22,7 @@ import torch
 
 from finegrain.datasets.shards import read_frames, unflatten_pair_batch
 from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
-from finegrain.trainables.flow.fit import lr_factor
+from finegrain.trainables.optim import make_optimizer, optimizer_step, set_learning_rate
 from finegrain.trainables.ic.backmapper import ICBackmapper
 from finegrain.trainables.ic.config import ICConfig
 from finegrain.trainables.ic.model import ConditionalIC
@@ -52,8 +52,7 @@ class _Worker(TrainWorker):
         self.raw = ConditionalIC(self.cfg, ZMatrix.from_dict(payload["zmatrix"]))
         self.raw.load_statistics(payload["statistics"])
         self.raw.to(self.device)
-        self.opt = torch.optim.AdamW(self.raw.parameters(), lr=self.cfg.learning_rate,
-                                     weight_decay=self.cfg.weight_decay)
+        self.opt = make_optimizer(self.raw, self.cfg.learning_rate, self.cfg.weight_decay)
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
 
@@ -62,16 +61,11 @@ class _Worker(TrainWorker):
 
     def _train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
-        for g in self.opt.param_groups:
-            g["lr"] = self.cfg.learning_rate * lr_factor(self.step, self.config.training.max_steps)
+        set_learning_rate(self.opt, self.cfg.learning_rate, self.step, self.config.training.max_steps)
         _, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
         with self.autocast():
             loss = -self.model(aa, cg).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 10.0)
-        self.opt.step()
-        return {"train_nll": float(loss.detach())}
+        return {"train_nll": optimizer_step(self.opt, self.raw, loss)}
 
     def _validate(self) -> dict[str, float]:
         import ray.train

@@ -23,14 +23,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from finegrain.trainables.train_config import (
-    ConfigError,
-    DataSection,
-    PresetModelSection,
-    RunSection,
-    TrackingSection,
-    TrainingConfigBase,
-)
+from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 from finegrain.trainables.ic.config import ICConfig
 
 __all__ = ["ICTrainConfig", "ICTrainingSection", "ConfigError"]
