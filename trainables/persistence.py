@@ -17,16 +17,19 @@ import importlib.util
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow.pyfunc
 import numpy as np
 import torch
 import yaml
 
 from finegrain.platform.science.errors import InputError
-from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables import shipped
 from finegrain.trainables.protocol import META, load_backmapper
+
+if TYPE_CHECKING:  # MLflow takes ~1.7 s to import (measured): `finegrain backmap --model zoo:NAME` or a folder
+    # needs none of it, so MLflow is imported where a model goes to or comes from a server
+    from finegrain.platform.services.tracking import Tracker
 
 __all__ = ["log_backmapper", "load_backmapper_from_uri", "load_backmapper_any", "model_code_path"]
 
@@ -47,6 +50,8 @@ def log_backmapper(backmapper, tracker: Tracker, run_id: str, name: str = "model
     ``models:/<name>/<version>`` and ``models:/<name>@<alias>`` then resolve to it
     (:meth:`Tracker.artifact_location`).
     """
+    import mlflow.pyfunc  # see the module top
+
     reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
             f"numpy=={np.__version__}", "mdtraj"]
     metadata = {"family": backmapper.family, "mapping": backmapper.mapping.name,
