@@ -37,9 +37,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from finegrain.platform.science.errors import FinegrainError
-from finegrain.trainables.cvae.train_config import apply_overrides, set_values
 from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
 from finegrain.trainables.protocol import trainer_for
+from finegrain.trainables.train_config import apply_overrides, set_values
 from finegrain.trainables.tune_hooks import VALIDATION_PREFIX
 
 __all__ = ["SweepSpec", "SweepSpecError", "Distribution", "AshaSection", "ResourcesSection"]
