@@ -117,7 +117,9 @@ class TrainingConfigBase(_Section):
     ``to_dict()``); a family may refine both and :meth:`_check`.
     """
 
-    FAMILY: ClassVar[str] = "?"
+    #: the family this config trains, or a tuple of the families one config class serves (then the file must
+    #: name one with ``family:``)
+    FAMILY: ClassVar[str | tuple[str, ...]] = "?"
     MODEL_CONFIG: ClassVar[type | None] = None
     #: preset name -> constructor of the model config (``MODEL_CONFIG`` or one of its classmethods); the first
     #: is the default
@@ -135,8 +137,9 @@ class TrainingConfigBase(_Section):
 
     def _check(self, source: str) -> None:
         """Family checks after validation; raise ConfigError naming the key."""
-        if self.family not in (None, self.FAMILY):
-            raise ConfigError(f"{source}: key 'family': {self.family!r} is not a {self.FAMILY} config")
+        names = (self.FAMILY,) if isinstance(self.FAMILY, str) else tuple(self.FAMILY)
+        if self.family not in names and not (self.family is None and len(names) == 1):
+            raise ConfigError(f"{source}: key 'family': {self.family!r} is not a {' or '.join(names)} config")
         if self.PRESETS and self.preset not in self.PRESETS:
             raise ConfigError(f"{source}: key 'model.preset': {self.preset!r} is not one of "
                               f"{', '.join(self.PRESETS)}")

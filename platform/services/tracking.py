@@ -7,7 +7,7 @@ manifest digest and the mapping as tags, and the final model.
 A :class:`Tracker` wraps one ``MlflowClient`` for one tracking (and
 registry) URI. It is built once where a process starts work: a CLI command,
 a Ray job, a Train worker (rank 0, from the run context's URI), a Serve
-replica. Only MLflow's client API is used: no ``mlflow.set_tracking_uri``,
+replica. Only MLflow's client API is used: no process-wide tracking URI,
 no fluent runs, so two trackers in one process never interfere. Models are
 logged as MLflow 3 *logged models* (``create_logged_model`` +
 ``log_model_artifacts``) and model URIs (``runs:/``, ``models:/NAME/V``,
