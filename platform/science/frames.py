@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from finegrain.platform.science.errors import InputError
+from finegrain.platform.science.validation import check_xyz
 
 __all__ = ["Frames", "FRAME_KEYS"]
 
@@ -80,7 +81,8 @@ class Frames:
                 raise InputError(f"samples: holds {s.shape[1]} frames per sample, the other fields {n}")
             if self.aa_xyz_nm is not None and s.shape[2] != self.aa_xyz_nm.shape[1]:
                 raise InputError(f"samples: has {s.shape[2]} atoms per frame, aa_xyz_nm has {self.aa_xyz_nm.shape[1]}")
-            _check_finite(s.reshape(-1, *s.shape[2:]), "samples", "atoms", per=s.shape[1])
+            if s.size:
+                check_xyz(s.reshape(-1, *s.shape[2:]), None, "samples", "atoms", frames_per_sample=s.shape[1])
         n_atoms = self.n_atoms
         n_beads = None if self.cg_xyz_nm is None else self.cg_xyz_nm.shape[1]
         if self.topology is not None and n_atoms is not None and self.topology.n_atoms != n_atoms:
@@ -171,16 +173,5 @@ def _check_coordinates(xyz: np.ndarray | None, key: str, n: int, shape: str) -> 
         raise InputError(f"{key}: expected shape {shape} (nm), got {xyz.shape}")
     if xyz.shape[0] != n:
         raise InputError(f"{key}: holds {xyz.shape[0]} frames, the other fields {n}")
-    _check_finite(xyz, key, "atoms" if key == "aa_xyz_nm" else "beads")
-
-
-def _check_finite(xyz: np.ndarray, key: str, what: str, per: int | None = None) -> None:
-    """InputError naming ``key``, the first frame (sample and frame when ``per`` frames make a sample) and particle
-    with a non-finite or non-numeric coordinate; xyz [F, n, 3]."""
-    if not np.issubdtype(xyz.dtype, np.number):
-        raise InputError(f"{key}: expected numbers, got dtype {xyz.dtype}")
-    finite = np.isfinite(xyz).all(axis=-1)
-    if not finite.all():
-        f, p = map(int, np.argwhere(~finite)[0])
-        where = f"frame {f}" if per is None else f"sample {f // per}, frame {f % per}"
-        raise InputError(f"{key}: non-finite coordinate at {where}, {what[:-1]} {p}")
+    if n:
+        check_xyz(xyz, None, key, "atoms" if key == "aa_xyz_nm" else "beads")

@@ -17,12 +17,14 @@ __all__ = ["check_xyz", "check_units_nm", "median_bond_length_nm"]
 NM_BOND_WINDOW = (0.05, 0.3)
 
 
-def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms", frame_offset: int = 0) -> np.ndarray:
+def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms", frame_offset: int = 0,
+              frames_per_sample: int | None = None) -> np.ndarray:
     """Check a coordinate array [F, n, 3] (or [n, 3], promoted to one frame).
 
     Raises InputError naming ``argument`` on a wrong shape, a wrong particle
     count (if ``n_particles`` is given), an empty array, or a non-finite value
-    (naming the first bad frame, counted from ``frame_offset``, and particle).
+    (naming the first bad frame, counted from ``frame_offset``, and particle;
+    with ``frames_per_sample``, F = K samples x T frames and the sample is named too).
     """
     arr = np.asarray(xyz)
     if arr.ndim == 2:
@@ -38,7 +40,9 @@ def check_xyz(xyz, n_particles: int | None, argument: str, what: str = "atoms", 
     finite = np.isfinite(arr).all(axis=-1)
     if not finite.all():
         frame, particle = map(int, np.argwhere(~finite)[0])
-        raise InputError(f"{argument}: non-finite coordinate at frame {frame + frame_offset}, {what[:-1]} {particle}")
+        where = (f"frame {frame + frame_offset}" if frames_per_sample is None
+                 else f"sample {frame // frames_per_sample}, frame {frame % frames_per_sample + frame_offset}")
+        raise InputError(f"{argument}: non-finite coordinate at {where}, {what[:-1]} {particle}")
     return arr
 
 
