@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from finegrain.datasets.folders import atomic_folder
 from finegrain.datasets.systems import get_system
@@ -34,43 +36,40 @@ __all__ = ["SimulationConfig", "run_replica", "simulate", "choose_platform", "re
 REFERENCE_PLATFORM_MAX_ATOMS = 150
 
 
-@dataclass(frozen=True)
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))
 class SimulationConfig:
-    """A simulation job. ``system`` is a built-in name, a YAML path or a definition dict."""
+    """A simulation job. ``system`` is a built-in name, a YAML path or a definition dict.
+
+    Lengths of time: ``ns`` of production per replica after ``equilibration_ps``;
+    a frame every ``stride_ps`` (a whole number of ``timestep_fs`` steps); Langevin
+    friction in 1/ps; ``constraints``: "HBonds" or None (every bond free: mapping
+    entropies need that; use <= 1 fs). Fields are validated by pydantic (a
+    ``ValueError`` naming the field).
+    """
 
     system: str | dict
-    ns: float = 0.1
-    replicas: int = 1
-    temperature_k: float = 300.0
-    seed: int = 0
-    timestep_fs: float = 2.0
-    stride_ps: float = 1.0
-    friction_per_ps: float = 1.0
-    equilibration_ps: float = 10.0
-    platform: str = "auto"
-    constraints: str | None = "HBonds"  # None: every bond free (mapping entropies need that; use <= 1 fs)
+    ns: Positive = 0.1
+    replicas: Annotated[int, Field(ge=1)] = 1
+    temperature_k: Positive = 300.0
+    seed: Annotated[int, Field(ge=0)] = 0
+    timestep_fs: Positive = 2.0
+    stride_ps: Positive = 1.0
+    friction_per_ps: Positive = 1.0
+    equilibration_ps: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
+    platform: Literal["auto", "Reference", "CPU", "CUDA", "OpenCL"] = "auto"
+    constraints: Literal["HBonds"] | None = "HBonds"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("ns", "temperature_k", "timestep_fs", "stride_ps", "friction_per_ps"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if self.replicas < 1:
-            raise ValueError(f"replicas: must be >= 1, got {self.replicas}")
-        if self.equilibration_ps < 0:
-            raise ValueError(f"equilibration_ps: must be >= 0, got {self.equilibration_ps}")
-        if self.seed < 0:
-            raise ValueError(f"seed: must be >= 0, got {self.seed}")
         steps = self.stride_ps * 1000.0 / self.timestep_fs
         if abs(steps - round(steps)) > 1e-9:
             raise ValueError(f"stride_ps: {self.stride_ps} ps is not a whole number of {self.timestep_fs} fs steps")
-        if self.constraints not in ("HBonds", None):
-            raise ValueError(f"constraints: expected 'HBonds' or None, got {self.constraints!r}")
         if self.constraints is None and self.timestep_fs > 1.0:
             raise ValueError(f"timestep_fs: {self.timestep_fs} fs is unstable with free X-H bonds (constraints=None); "
                              f"use <= 1 fs")
-        if self.platform not in ("auto", "Reference", "CPU", "CUDA", "OpenCL"):
-            raise ValueError(f"platform: expected auto, Reference, CPU, CUDA or OpenCL, got {self.platform!r}")
 
     @property
     def steps_per_frame(self) -> int:

@@ -175,7 +175,7 @@ def test_triplet_augmentation_and_energy_term_wiring():
 
 
 def _training_input(cfg: CVAEConfig, aa_prev, cg, aa, seed: int) -> torch.Tensor:
-    """The AA(t-1) that one real training update (``_Worker._train_step``) feeds to the loss."""
+    """The AA(t-1) that one real training update (``_Worker.train_step``) feeds to the loss."""
     ref, mapping = _adp()
     w = _Worker.__new__(_Worker)  # the worker's state without a Ray Train context
     w.cfg, w.c, w.rank, w.step, w.n_atoms, w.n_beads = cfg, {}, 0, 0, ref.n_atoms, mapping.n_beads
@@ -193,7 +193,7 @@ def _training_input(cfg: CVAEConfig, aa_prev, cg, aa, seed: int) -> torch.Tensor
 
     w._loss = spy
     b = aa.shape[0]
-    terms = w._train_step({"aa_prev": aa_prev.reshape(b, -1), "cg": cg.reshape(b, -1), "aa": aa.reshape(b, -1)})
+    terms = w.train_step({"aa_prev": aa_prev.reshape(b, -1), "cg": cg.reshape(b, -1), "aa": aa.reshape(b, -1)})
     assert math.isfinite(terms["total"])
     return seen[0]
 

@@ -1,31 +1,21 @@
 """Every registered backmapper family obeys the protocol (``trainables/protocol.py``).
 
-Parametrised over ``protocol.FAMILIES`` (a family added there without a builder
-here fails ``test_every_registered_family_has_a_conformance_builder``), and over
-each family's variants where the protocol answers differ (temporal vs
-frame-based). Models are small and untrained (or fitted in milliseconds) on 60
-frames of ADP simulated in-process with OpenMM: no Ray, no MLflow.
+Parametrised over ``protocol.FAMILIES`` and, for each family, over the variants its
+:class:`~finegrain.trainables.protocol.Conformance` declares (its ``conformance`` entry,
+e.g. ``trainables/flow/conformance.py``): a family registered without one fails
+``test_every_registered_family_declares_its_conformance``. Models are the small
+untrained (or fitted in milliseconds) ones the declarations build, on 60 frames of
+ADP simulated in-process with OpenMM: no Ray, no MLflow.
 
-What each family promises about rigid motions (asserted with the shared
-:mod:`finegrain.tests.assertions`, tolerance per compute dtype):
-
-- ``nullspace``, ``ic``: exactly equivariant per sample (same seed).
-- ``flow``: translation-equivariant per sample; rotation-equivariant in
-  distribution only (the prior noise is drawn in the lab frame), asserted as
-  the invariance of log q(x | y) under a joint rigid motion of x and y.
-- ``cvae``: translation-equivariant per sample (frames are centred on their
-  CG centroid); not rotation-equivariant (it voxelises in the lab frame and
-  learns rotations only through augmentation). With ``project_cg`` its
-  outputs still map exactly onto rotated beads.
-- ``em``: equivariant up to the minimiser's convergence (RMS force below
-  ``TOLERANCE`` kJ/mol/nm leaves soft modes ~0.01 nm undetermined) and the
-  placement noise, which is drawn in the lab frame.
+What each family promises about rigid motions is declared with it (``equivariance``:
+"exact", "translation" or "approximate" within ``equivariance_atol``) and asserted
+here with the shared :mod:`finegrain.tests.assertions`, tolerance per compute dtype.
+A "translation" family must not pass the exact rotation check by accident, and what
+does hold (``maps_onto_cg``) holds for rotated inputs too; the flow's density is
+additionally checked to be invariant under a joint rigid motion of x and y.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import mdtraj as md
 import numpy as np
@@ -44,10 +34,6 @@ from finegrain.tests.assertions import (
 )
 from finegrain.trainables import protocol
 
-#: EM: mapped sites within this of the CG (k = 1e5 kJ/mol/nm^2), and outputs of moved inputs within
-#: this of the moved outputs (minimiser tolerance + lab-frame placement noise, see module docstring).
-EM_TOL_NM = 0.02
-
 
 @pytest.fixture(scope="module")
 def adp(tmp_path_factory):
@@ -55,7 +41,8 @@ def adp(tmp_path_factory):
     ref, traj, _ = replica_frames(tmp_path_factory, "adp-conformance", ns=0.06, seed=5)
     x = traj.xyz.astype(np.float64)
     mapping = ref.mapping("backbone6")
-    return {"top": ref.md_topology, "mapping": mapping, "train": x[:50], "test": x[50:], "n_atoms": ref.n_atoms}
+    return {"top": ref.md_topology, "mapping": mapping, "train": x[:50], "test": x[50:], "n_atoms": ref.n_atoms,
+            "system": "adp"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,86 +54,33 @@ def _one_torch_thread():
     torch.set_num_threads(old)
 
 
-# ------------------------------------------------------------------------------------------ builders
-def _nullspace(d, variant):
-    from finegrain.trainables.baselines import fit_nullspace
-
-    return fit_nullspace(d["train"], d["mapping"], d["top"], mode=variant)
-
-
-def _em(d, variant):
-    from finegrain.trainables.baselines import EnergyMinimisationBackmapper
-
-    return EnergyMinimisationBackmapper(d["top"], d["mapping"], "adp")
-
-
-def _flow(d, variant):
-    from finegrain.trainables.flow import ConditionalFlow, FlowBackmapper, FlowConfig, bead_assignment
-
-    m = d["mapping"]
-    torch.manual_seed(0)
-    cfg = FlowConfig(hidden=8, layers=1, n_rbf=4, time_features=2, steps=2, temporal=variant == "temporal")
-    flow = ConditionalFlow(cfg, m.matrix, bead_assignment(m.matrix, d["train"], m.map(d["train"])))
-    with torch.no_grad():  # the output coefficients start at zero (the field would be 0): move every weight
-        for p in flow.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return FlowBackmapper(d["top"], m, flow)
+# ------------------------------------------------------------------------------------------ declarations
+def _declared(family: str):
+    """(the family's Conformance, None) or (None, why not): read through protocol.FAMILIES."""
+    try:
+        declared = protocol.FAMILIES[family].load_conformance()
+    except Exception as exc:  # a wrong "module:NAME" fails that family's cases, not the whole module
+        return None, f"its conformance {protocol.FAMILIES[family].conformance!r} does not load: {exc!r}"
+    if declared is None:
+        return None, ("it declares no conformance: set Family(conformance='module:NAME') in protocol.FAMILIES to "
+                      "a protocol.Conformance in the family's folder (e.g. trainables/flow/conformance.py)")
+    return declared, None
 
 
-def _ic(d, variant):
-    from finegrain.trainables.ic import ConditionalIC, ICBackmapper, ICConfig, build_zmatrix
-
-    m = d["mapping"]
-    dtype = torch.float64 if variant == "float64" else torch.float32
-    torch.manual_seed(0)
-    model = ConditionalIC(ICConfig.smoke(hidden=16), build_zmatrix(d["top"], m)).to(dtype)
-    model.fit_statistics(torch.as_tensor(d["train"], dtype=dtype), torch.as_tensor(m.map(d["train"]), dtype=dtype))
-    return ICBackmapper(d["top"], m, model)
-
-
-def _cvae(d, variant):
-    from finegrain.trainables.cvae import CVAE, CVAEBackmapper, CVAEConfig
-
-    m, frame_based = d["mapping"], variant == "frame_based"
-    torch.manual_seed(0)
-    model = CVAE(CVAEConfig.smoke(frame_based=frame_based), d["n_atoms"], m.n_beads)
-    cg = m.map(d["train"][1:])
-    c = cg.mean(1, keepdims=True)
-    bank = (None, None) if frame_based else (cg - c, d["train"][:-1] - c)
-    return CVAEBackmapper(d["top"], m, model, None, *bank, prior="normal", project_cg=frame_based)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How to build a family's backmapper and what it promises beyond the protocol."""
-
-    build: Callable
-    variants: tuple[str, ...]
-    #: "exact": equivariant per sample; "translation": only translations per sample; "em": see EM_TOL_NM
-    equivariance: str
-    #: |mapping(output) - input| bound (nm) per variant, None: no such claim (an untrained cVAE decoder)
-    maps_onto_cg: Callable[[str], float | None]
-
-
-SPECS: dict[str, Spec] = {
-    "nullspace": Spec(_nullspace, ("conditional", "full"), "exact", lambda v: 1e-9),
-    "em": Spec(_em, ("template",), "em", lambda v: EM_TOL_NM),
-    "flow": Spec(_flow, ("frame_based", "temporal"), "translation", lambda v: 1e-5),
-    "ic": Spec(_ic, ("float32", "float64"), "exact", lambda v: 1e-6 if v == "float32" else 1e-12),
-    "cvae": Spec(_cvae, ("temporal", "frame_based"), "translation", lambda v: 1e-9 if v == "frame_based" else None),
-}
-
-CASES = [pytest.param((f, v), id=f"{f}-{v}") for f in protocol.FAMILIES for v in (SPECS[f].variants if f in SPECS else ("?",))]
+SPECS = {family: _declared(family)[0] for family in protocol.FAMILIES}
+CASES = [pytest.param((f, v), id=f"{f}-{v}") for f in protocol.FAMILIES
+         for v in (SPECS[f].variants if SPECS[f] is not None else ("?",))]
 _BUILT: dict = {}
 
 
 @pytest.fixture
 def case(request, adp):
     family, variant = request.param
-    if family not in SPECS:
-        pytest.fail(f"family {family!r} is registered in protocol.FAMILIES but has no conformance builder here")
+    spec, why = _declared(family)
+    if spec is None:
+        pytest.fail(f"family {family!r} is registered in protocol.FAMILIES but {why}")
     if (family, variant) not in _BUILT:
-        _BUILT[family, variant] = SPECS[family].build(adp, variant)
+        _BUILT[family, variant] = spec.build(adp["top"], adp["mapping"], adp["train"], variant, adp["system"])
     bm = _BUILT[family, variant]
     assert bm.family == family and isinstance(bm, _registered_class(family))
     return family, variant, bm, adp
@@ -170,8 +104,9 @@ def _dtype(bm) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def test_every_registered_family_has_a_conformance_builder():
-    assert set(protocol.FAMILIES) == set(SPECS), "add a Spec here for every family in protocol.FAMILIES"
+def test_every_registered_family_declares_its_conformance():
+    missing = {family: _declared(family)[1] for family in protocol.FAMILIES if SPECS[family] is None}
+    assert not missing, missing
 
 
 parametrize = pytest.mark.parametrize("case", CASES, indirect=True)
@@ -270,9 +205,7 @@ def test_frames_independent_is_honoured(case):
     else:
         assert np.abs(with_prev[:, 0] - base[:, 0]).max() > 1e-4  # frame 0 conditions on AA(-1)
         assert np.abs(replaced[:, 1] - base[:, 1]).max() > 1e-4  # frame 1 conditions on AA(0)
-    expected = {"nullspace": True, "em": True, "ic": True, "flow": variant != "temporal",
-                "cvae": variant == "frame_based"}
-    assert bm.frames_independent is expected[family]
+    assert bm.frames_independent is SPECS[family].frames_independent(variant)
 
 
 @parametrize
@@ -281,14 +214,14 @@ def test_rigid_motion_of_the_cg_input_moves_the_output(case):
     spec, m = SPECS[family], d["mapping"]
     cg = m.map(d["test"][:2])
     rot, shift = random_rigid_motion(seed=2)
-    atol = EM_TOL_NM if spec.equivariance == "em" else equivariance_atol(_dtype(bm))
+    atol = spec.equivariance_atol if spec.equivariance == "approximate" else equivariance_atol(_dtype(bm))
 
     def sample(y):  # temporal families seed AA(-1) from y (cVAE: the bank frame superposed onto y)
         return bm.backmap_xyz(y, n_samples=2, seed=4)
 
     no_rotation = np.eye(3)
     assert_equivariant(sample, cg, no_rotation, shift, atol, f"{family}-{variant} translation")
-    if spec.equivariance in ("exact", "em"):
+    if spec.equivariance in ("exact", "approximate"):
         assert_equivariant(sample, cg, rot, shift, atol, f"{family}-{variant} rotation")
         return
     # not equivariant per sample under rotations: it must not pass the exact check by accident

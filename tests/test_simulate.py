@@ -98,12 +98,12 @@ def test_platform_choice_by_size():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"ns": 0}, "ns: must be > 0"),
-        ({"replicas": 0}, "replicas: must be >= 1"),
+        ({"ns": 0}, r"ns\n.*greater than 0"),
+        ({"replicas": 0}, r"replicas\n.*greater than or equal to 1"),
         ({"stride_ps": 0.003}, "not a whole number"),
-        ({"platform": "GPU"}, "platform: expected"),
+        ({"platform": "GPU"}, r"platform\n.*'auto', 'Reference', 'CPU', 'CUDA' or 'OpenCL'"),
         ({"constraints": None}, "timestep_fs: 2.0 fs is unstable with free X-H bonds"),
-        ({"constraints": "AllBonds"}, "constraints: expected 'HBonds' or None"),
+        ({"constraints": "AllBonds"}, r"constraints\n.*'HBonds'"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):

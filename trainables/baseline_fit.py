@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Manifest, read_frames, split_trajectories
 from finegrain.datasets.systems import get_system
@@ -16,6 +17,7 @@ from finegrain.platform.services.stack import stack_home, tracking_uri
 from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
 from finegrain.trainables.persistence import log_backmapper
+from finegrain.trainables.model_config import ModelConfig
 from finegrain.trainables.protocol import split_record
 from finegrain.trainables.ray_run import FitResult
 from finegrain.trainables.train_config import (
@@ -23,7 +25,7 @@ from finegrain.trainables.train_config import (
     RunSection,
     TrackingSection,
     TrainingConfigBase,
-    flatten,
+    model_section,
 )
 
 __all__ = ["fit_baseline", "fit_detailed", "BaselineTrainConfig", "BASELINE_EXPERIMENT"]
@@ -72,10 +74,13 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
 
 
 # ----------------------------------------------------------------------------- baselines as trainers
-class BaselineModelSection(BaseModel):
-    """Baselines have no hyper-parameters to set: the section exists so their configs read like the others."""
+@dataclass(frozen=True)
+class BaselineConfig(ModelConfig):
+    """Baselines have no hyper-parameters to set: the model section exists so their configs read like the
+    others (``model.preset: default`` and nothing else)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+BaselineModelSection = model_section(BaselineConfig)
 
 
 class BaselineTrainConfig(TrainingConfigBase):
@@ -85,21 +90,11 @@ class BaselineTrainConfig(TrainingConfigBase):
     """
 
     FAMILY: ClassVar[tuple[str, ...]] = ("nullspace", "em")
+    PRESETS: ClassVar[dict[str, Any]] = {"default": BaselineConfig}
     data: DataSection
     model: BaselineModelSection = Field(default_factory=BaselineModelSection)
     training: RunSection = Field(default_factory=RunSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment=BASELINE_EXPERIMENT))
-
-    def resolved_model(self) -> "_NoHyperParameters":
-        return _NoHyperParameters()
-
-    def flat(self) -> dict[str, str]:
-        return flatten(self.model_dump(mode="json"))
-
-
-class _NoHyperParameters:
-    def to_dict(self) -> dict:
-        return {}
 
 
 def fit_detailed(config: BaselineTrainConfig) -> FitResult:

@@ -1,5 +1,6 @@
-"""The optimiser step the flow and ic families share, whoever drives it (a Ray Train worker, or the torch-only
-in-memory loop of :func:`finegrain.trainables.flow.fit.fit_arrays` on a machine without Ray).
+"""The optimiser step the flow and ic families share, whoever drives the step loop
+(:func:`finegrain.trainables.loop.run_steps`): a Ray Train worker, or the torch-only in-memory
+:func:`finegrain.trainables.flow.fit.fit_arrays` on a machine without Ray.
 
 AdamW; learning rate: linear warm-up, then cosine decay to 5 % of the base rate; gradient-norm clip 10.
 """

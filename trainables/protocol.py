@@ -24,7 +24,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,12 +32,58 @@ from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.validation import check_xyz
 
-__all__ = ["Backmapper", "Family", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for", "split_record",
-           "backmapper_from_checkpoint", "load_weights"]
+__all__ = ["Backmapper", "Conformance", "Family", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for",
+           "split_record", "backmapper_from_checkpoint", "load_weights"]
+
+#: what :attr:`Conformance.equivariance` may declare
+EQUIVARIANCE = ("exact", "translation", "approximate")
+
+
+@dataclass(frozen=True)
+class Conformance:
+    """What a family promises beyond this protocol, and how to build a small model of it to check that.
+
+    Declared next to the family's code (``trainables/NAME/conformance.py``) and named by its
+    :class:`Family` entry; ``tests/test_family_conformance.py`` checks every registered family against its
+    declaration (shape, seeding, save/load, input errors, frame independence, rigid motions).
+
+    build : ``build(topology, mapping, train_xyz, variant, system) -> Backmapper``: a small untrained (or
+        fitted in milliseconds) model on ``train_xyz`` [F, n_atoms, 3] nm of the reference system named
+        ``system`` (e.g. "adp"); torch, numpy and the family's own code only (no Ray, MLflow, OpenMM).
+    variants : the variants whose protocol answers differ (temporal vs frame-based, float32 vs float64);
+        each one is built and checked.
+    equivariance : under a rigid motion of the CG input, per sample (same seed): "exact" (rotations and
+        translations move the output alike), "translation" (translations only; rotations are then
+        asserted *not* to pass the exact check), "approximate" (both, within ``equivariance_atol`` nm).
+    maps_onto_cg : ``maps_onto_cg(variant)``: bound (nm) on |mapping(output) - input|, None: no such claim.
+    frames_independent : ``frames_independent(variant)``: the value of ``Backmapper.frames_independent``.
+    equivariance_atol : the tolerance (nm) of "approximate" equivariance; None otherwise.
+    """
+
+    build: Callable[..., "Backmapper"]
+    variants: tuple[str, ...]
+    equivariance: str
+    maps_onto_cg: Callable[[str], float | None]
+    frames_independent: Callable[[str], bool]
+    equivariance_atol: float | None = None
+
+    def __post_init__(self):
+        if not self.variants:
+            raise ValueError("Conformance: declare at least one variant")
+        if self.equivariance not in EQUIVARIANCE:
+            raise ValueError(f"Conformance: equivariance {self.equivariance!r} is not one of {EQUIVARIANCE}")
+        if (self.equivariance == "approximate") != (self.equivariance_atol is not None):
+            raise ValueError("Conformance: equivariance_atol is set exactly for equivariance='approximate'")
+
 
 @dataclass(frozen=True)
 class Family:
     """A model family, declared once: where its backmapper and trainer live and what it can do.
+
+    A new family is a folder ``trainables/NAME/`` with an ``__init__.py`` (setup.py packages every such
+    folder; no list to edit), holding its backmapper, its trainer (config class + ``fit_detailed``) and
+    ``conformance.py`` (a :class:`Conformance`), plus one line in :data:`FAMILIES` naming them. Its
+    training configs go in ``trainables/configs/`` (``family: NAME``). Nothing else is registered.
 
     backmapper : "module:Class" of its :class:`Backmapper` (imported on demand).
     config, fit : "module:ConfigClass" and "module:fit_detailed" of its trainer (None: not trainable).
@@ -46,32 +92,50 @@ class Family:
         returns a ``FitResult`` (backmapper, MLflow run id, model URI, folders).
     options : backmapping options a user may set on a loaded model (attribute names), e.g. the cVAE's
         latent ``prior`` and ``project_cg``; the CLI and Serve check here, never with ``hasattr``.
+    conformance : "module:NAME" of its :class:`Conformance`: the capabilities it declares (equivariance,
+        frame independence, how closely outputs map onto the CG) and a small-model builder to check them.
+        Capabilities are declared, not discovered; a family without one fails the conformance tests.
     """
 
     backmapper: str
     config: str | None = None
     fit: str | None = None
     options: tuple[str, ...] = ()
+    conformance: str | None = None
 
     @property
     def trainable(self) -> bool:
         return self.fit is not None
 
+    def load_conformance(self) -> Conformance | None:
+        """The declared :class:`Conformance` (imported on demand), None when the family declares none."""
+        if self.conformance is None:
+            return None
+        declared = _import(self.conformance)
+        if not isinstance(declared, Conformance):
+            raise TypeError(f"{self.conformance} is a {type(declared).__name__}, not a protocol.Conformance")
+        return declared
 
-#: The one registry: a new family is a folder under trainables/ and one line here.
+
+#: The one registry. A new family is a folder trainables/NAME/ (with __init__.py; backmapper, trainer,
+#: conformance.py) and one line here naming its backmapper, config, fit and conformance.
 FAMILIES: dict[str, Family] = {
     "cvae": Family("finegrain.trainables.cvae.backmapper:CVAEBackmapper",
                    "finegrain.trainables.cvae.train_config:TrainConfig", "finegrain.trainables.cvae.train:fit_detailed",
-                   options=("prior", "project_cg")),
+                   options=("prior", "project_cg"), conformance="finegrain.trainables.cvae.conformance:CONFORMANCE"),
     "nullspace": Family("finegrain.trainables.baselines:NullSpaceBackmapper",
                         "finegrain.trainables.baseline_fit:BaselineTrainConfig",
-                        "finegrain.trainables.baseline_fit:fit_detailed"),
+                        "finegrain.trainables.baseline_fit:fit_detailed",
+                        conformance="finegrain.trainables.baseline_conformance:NULLSPACE"),
     "em": Family("finegrain.trainables.baselines:EnergyMinimisationBackmapper",
-                 "finegrain.trainables.baseline_fit:BaselineTrainConfig", "finegrain.trainables.baseline_fit:fit_detailed"),
+                 "finegrain.trainables.baseline_fit:BaselineTrainConfig", "finegrain.trainables.baseline_fit:fit_detailed",
+                 conformance="finegrain.trainables.baseline_conformance:EM"),
     "flow": Family("finegrain.trainables.flow.backmapper:FlowBackmapper",
-                   "finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed"),
+                   "finegrain.trainables.flow.train_config:FlowTrainConfig", "finegrain.trainables.flow.train:fit_detailed",
+                   conformance="finegrain.trainables.flow.conformance:CONFORMANCE"),
     "ic": Family("finegrain.trainables.ic.backmapper:ICBackmapper",
-                 "finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed"),
+                 "finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed",
+                 conformance="finegrain.trainables.ic.conformance:CONFORMANCE"),
 }
 
 #: the trainable families (derived from :data:`FAMILIES`)

@@ -13,12 +13,17 @@ the Ray boundary is the validated config and the run context, each dumped as
 JSON data (:func:`~finegrain.trainables.run_context.loop_config`).
 
 On the worker side, :class:`TrainWorker` holds what every worker shares
-(the config and context validated again, rank, device, counters, restore, the
-step loop) and declares the hooks a family implements (:meth:`TrainWorker._train_step`,
-``_validate``, ``_step_metrics``, ``_report``, ``_reseed``). Reporting goes
-to observers (:class:`StepObserver`: the MLflow metric logger on rank 0, as
-OpenMM's reporters watch a simulation) and to Ray Train (:func:`report_step`),
-whose driver-side callbacks report to Tune.
+(the config and context validated again, rank, device, counters, restore)
+and declares the hooks a family implements (:meth:`TrainWorker.train_step`,
+``validate``, ``step_metrics``, ``report``, ``reseed``).
+:meth:`TrainWorker.train` feeds the worker's Ray Data shard to the step loop
+every family shares, :func:`finegrain.trainables.loop.run_steps` (torch-only;
+the in-memory :func:`~finegrain.trainables.flow.fit.fit_arrays` drives the
+same loop), with rank 0's progress bar as an observer
+(:class:`~finegrain.trainables.loop.ProgressObserver`). Reports go to the
+worker's observers (:class:`~finegrain.trainables.loop.StepObserver`: the
+MLflow metric logger on rank 0, as OpenMM's reporters watch a simulation) and
+to Ray Train (:func:`report_step`), whose driver-side callbacks report to Tune.
 """
 
 from __future__ import annotations
@@ -28,27 +33,20 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from finegrain.datasets.shards import Manifest, pair_dataset, split_trajectories
 from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.services.cpu_memory import retain_freed_memory
 from finegrain.platform.services.stack import connect_ray, stack_home, tracking_uri
 from finegrain.platform.services.tracking import Tracker
+from finegrain.trainables.loop import Cadence, ProgressObserver, StepHooks, StepObserver, notify, run_steps
 from finegrain.trainables.persistence import log_backmapper
 from finegrain.trainables.run_context import RunContext, loop_config
 from finegrain.trainables.tune_hooks import tune_callbacks
 
 __all__ = ["FitResult", "TrainingData", "load_training_data", "run_training", "report_step", "checkpoint_name",
            "TrainWorker", "StepObserver"]
-
-
-class StepObserver(Protocol):
-    """Something that watches a training run's reported steps (the MLflow metric logger; a test's recorder)."""
-
-    def log(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def flush(self) -> None: ...
 
 
 @dataclass
@@ -201,9 +199,7 @@ def report_step(step: int, metrics: dict[str, float], observers: list[StepObserv
     """
     import ray.train
 
-    for observer in observers:
-        observer.log(step, metrics)
-        observer.flush()
+    notify(observers, step, metrics)
     metrics = {**metrics, "step": step}
     if save_checkpoint is None:
         ray.train.report(metrics)
@@ -229,7 +225,7 @@ def worker_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-class TrainWorker(ABC):
+class TrainWorker(StepHooks, ABC):
     """What every family's Ray Train worker shares: rank and world size, CPU threads, device,
     the step/epoch counters, restoring from a checkpoint, and reporting (MLflow on rank 0).
 
@@ -312,90 +308,60 @@ class TrainWorker(ABC):
 
         return torch.compile(model) if self.config.training.compile else model
 
-    def report(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
+    def publish(self, metrics: dict[str, float], save_checkpoint: Callable[[Path], Any] | None = None) -> None:
         """:func:`report_step` at the current step."""
         report_step(self.step, metrics, self.observers, self.ctx, self.rank, save_checkpoint)
 
     # ------------------------------------------------------------------ the hooks a family implements
     @abstractmethod
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, float]:
         """One optimiser step on a batch of pairs (``aa_prev``, ``cg``, ``aa`` tensors); its loss terms."""
 
     @abstractmethod
-    def _validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         """Validation metrics (``val_*``) on the "validation" shard, at the current step."""
 
     @abstractmethod
-    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
-        """The metrics to report from the running means of ``_train_step``'s terms (``used``: the step whose
+    def step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+        """The metrics to report from the running means of ``train_step``'s terms (``used``: the step whose
         schedule values apply)."""
 
     @abstractmethod
-    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
-        """Report ``metrics`` (:meth:`report`), with the family's checkpoint state when ``checkpoint``."""
+    def report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
+        """Report ``metrics`` (:meth:`publish`), with the family's checkpoint state when ``checkpoint``."""
 
     @abstractmethod
-    def _reseed(self) -> None:
+    def reseed(self) -> None:
         """Restart the family's random streams from (seed, rank, step): what a resumed run draws next."""
 
     def train(self, max_steps: int, batch_size: int, desc: str, *, checkpoint_last: bool) -> None:
-        """Epochs over the "train" shard until ``max_steps``: the loop every family shares.
+        """Epochs over the "train" shard until ``max_steps``: :func:`~finegrain.trainables.loop.run_steps`
+        with this worker's hooks (``train_step``, ``step_metrics``, ``validate``, ``report``,
+        ``reseed``; the family sets ``self.opt``).
 
-        Per batch it calls the family's ``_train_step(batch) -> {name: value}``; every
-        ``log_every`` / ``eval_every`` / ``checkpoint_every`` steps (and at the last step) it
-        reports ``_step_metrics(means, step_used)`` plus lr, epoch and samples/s, adds
-        ``_validate()`` on eval steps, calls ``_report(metrics, checkpoint, final)`` and, after a
-        checkpoint, ``_reseed()`` (the random stream after a checkpoint is what a resumed run
-        draws). ``checkpoint_last``: also checkpoint at the last step (families that write their
-        final checkpoint themselves pass False). The family sets ``self.opt``.
+        Batches: ``batch_size`` pairs per worker (float32 on the worker's device, full batches only),
+        shuffled in a ``data.shuffle_buffer`` window seeded by (seed, rank, epoch). Cadence:
+        ``training.log_every`` / ``eval_every`` (when there is validation data) / ``checkpoint_every``;
+        ``checkpoint_last``: also checkpoint at the last step (families that write their final
+        checkpoint themselves pass False). Rank 0 shows a progress bar (:meth:`progress`).
         """
         import ray.train
         import torch
 
         t = self.config.training
         shard = ray.train.get_dataset_shard("train")
-        acc: dict[str, float] = {}
-        n_acc, t_busy = 0, 0.0
+
+        def epoch_batches(epoch: int):
+            return shard.iter_torch_batches(
+                batch_size=batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
+                local_shuffle_buffer_size=self.config.data.shuffle_buffer or None,
+                local_shuffle_seed=worker_seed(self.seed, self.rank, epoch))
+
+        cadence = Cadence(t.log_every, t.eval_every if self.ctx.has_validation else None, t.checkpoint_every,
+                          checkpoint_last=checkpoint_last)
         bar = self.progress(max_steps, desc)
-        while self.step < max_steps:
-            n_batches, t0 = 0, time.perf_counter()
-            for batch in shard.iter_torch_batches(
-                    batch_size=batch_size, dtypes=torch.float32, device=self.device, drop_last=True,
-                    local_shuffle_buffer_size=self.config.data.shuffle_buffer or None,
-                    local_shuffle_seed=worker_seed(self.seed, self.rank, self.epoch)):
-                n_batches += 1
-                used = self.step
-                for k, v in self._train_step(batch).items():
-                    acc[k] = acc.get(k, 0.0) + v
-                self.step += 1
-                n_acc += 1
-                t_busy += time.perf_counter() - t0
-                if bar is not None:
-                    bar.update(1)
-                last = self.step == max_steps
-                log_now = self.step % t.log_every == 0 or last
-                eval_now = self.ctx.has_validation and (self.step % t.eval_every == 0 or last)
-                ckpt_now = (last and checkpoint_last) or (self.step % t.checkpoint_every == 0 and not last)
-                if log_now or eval_now or ckpt_now:
-                    metrics = self._step_metrics({k: v / n_acc for k, v in acc.items()}, used)
-                    metrics.update({"lr": self.opt.param_groups[0]["lr"], "epoch": float(self.epoch),
-                                    "samples_per_s": n_acc * batch_size * self.world / max(t_busy, 1e-9)})
-                    if eval_now:
-                        metrics.update(self._validate())
-                    self._report(metrics, checkpoint=ckpt_now, final=last)
-                    if ckpt_now:
-                        self._reseed()
-                    acc, n_acc, t_busy = {}, 0, 0.0
-                if self.step >= max_steps:
-                    break
-                t0 = time.perf_counter()
-            if n_batches == 0:
-                raise ValueError(f"data: the training split gives no full batch of {batch_size} pairs per "
-                                 f"worker ({self.world} workers); use more data or a smaller model.batch_size")
-            if self.step < max_steps:
-                self.epoch += 1
-        if bar is not None:
-            bar.close()
+        run_steps(self, epoch_batches, max_steps, batch_size, cadence,
+                  observers=[] if bar is None else [ProgressObserver(bar)], world=self.world)
 
     def progress(self, total: int, desc: str):
         """Rank 0's progress bar from the current step (tqdm in-process, Ray's tqdm in a worker group)."""

@@ -7,8 +7,10 @@ key; values are parsed as YAML (``8`` -> int, ``true`` -> bool,
 ``[0.5, 0.5, 0]`` -> list, ``null`` -> None). That string form is the command
 line's only (:func:`apply_overrides`); code sets typed values by key
 (:func:`set_values`, :meth:`TrainingConfigBase.with_values`). Validation
-errors are :class:`ConfigError` naming the key; a model field's error names
-``model.<field>`` from the
+errors are :class:`ConfigError` naming the key. The ``model`` section is
+pydantic too (:func:`model_section` of the family's model-config dataclass),
+so a model field's type or bound error names ``model.<field>`` natively; a
+constraint between fields names it from the
 :class:`~finegrain.trainables.model_config.ModelConfigError` it raises.
 A family's config (``trainables/NAME/train_config.py``) subclasses
 :class:`TrainingConfigBase` and :class:`RunSection`.
@@ -17,18 +19,20 @@ A family's config (``trainables/NAME/train_config.py``) subclasses
 from __future__ import annotations
 
 import dataclasses
+import typing
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer
 
 from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED
 from finegrain.platform.science.errors import FinegrainError
 from finegrain.trainables.defaults import CPUS_PER_WORKER, NUM_WORKERS
-from finegrain.trainables.model_config import ModelConfigError
+from finegrain.trainables.model_config import ModelConfigError, field_hints, optional_inner, split_bounds
 
 __all__ = ["ConfigError", "DataSection", "PresetModelSection", "RunSection", "TrackingSection", "TrainingConfigBase",
-           "apply_overrides", "parse_override", "set_values", "flatten"]
+           "model_section", "apply_overrides", "parse_override", "set_values", "flatten"]
 
 
 class ConfigError(FinegrainError, ValueError):
@@ -60,14 +64,51 @@ class DataSection(_Section):
         return v
 
 
-class PresetModelSection(BaseModel):
-    """A family's model section: a named preset of its model config plus overrides of any of its fields."""
+class PresetModelSection(_Section):
+    """A family's model section: a named preset of its model config plus overrides of any of its fields.
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    A family's section is :func:`model_section` of its model config (every field declared, typed and
+    bounded); only the fields a file or override sets count, and only they are dumped, so a preset's own
+    values are never replaced by the dataclass defaults.
+    """
+
     preset: str | None = Field(None, description="None: the family's default preset")
 
     def overrides(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        """The fields set (by a file, ``--set`` or a sweep), without ``preset``."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k in self.model_fields_set and k != "preset"}
+
+    @model_serializer(mode="wrap")
+    def _dump_set_fields_only(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+def _pydantic_type(hint):
+    """The pydantic annotation of a model-config field: strict scalars (no bool for int, no text for
+    numbers), finite floats, the declared bounds; lists accepted for tuples (YAML has no tuples)."""
+    base, bounds = split_bounds(hint)
+    inner = optional_inner(base)
+    if inner is not None:
+        return _pydantic_type(inner) | None
+    if typing.get_origin(base) is tuple:
+        return Annotated[tuple[_pydantic_type(typing.get_args(base)[0]), ...], Field(min_length=1)]
+    if typing.get_origin(base) is Literal:
+        return base
+    finite = {"allow_inf_nan": False} if base is float else {}
+    return Annotated[base, Field(strict=True, **finite, **(bounds.kwargs() if bounds else {}))]
+
+
+@lru_cache(maxsize=None)
+def model_section(config_cls: type) -> type[PresetModelSection]:
+    """The pydantic ``model`` section of a training config for ``config_cls`` (a
+    :class:`~finegrain.trainables.model_config.ModelConfig` dataclass): ``preset`` plus every field as an
+    optional override, validated with the field's declared type and bounds, so a bad value is reported as
+    ``model.<field>`` natively."""
+    hints = field_hints(config_cls)
+    fields = {f.name: (_pydantic_type(hints[f.name]), Field(f.default, description="default: the preset's"))
+              for f in dataclasses.fields(config_cls)}
+    return create_model(f"{config_cls.__name__}Section", __base__=PresetModelSection,
+                        __doc__=f"A preset of {config_cls.__name__} and overrides of its fields.", **fields)
 
 
 class RunSection(_Section):
@@ -111,17 +152,16 @@ class TrainingConfigBase(_Section):
     """What every family's training config shares: sections data/model/training/tracking,
     flattening to MLflow params, and loading from dicts, YAML and ``--set`` overrides.
 
-    A family sets ``FAMILY``, ``MODEL_CONFIG`` (its frozen dataclass of
-    hyper-parameters) and ``PRESETS``; :meth:`resolved_model` builds its model
-    config from the ``model`` section (preset + overrides; an object with
-    ``to_dict()``); a family may refine both and :meth:`_check`.
+    A family sets ``FAMILY`` and ``PRESETS`` and declares its sections, the
+    model section as ``model: model_section(ItsConfig)``; :meth:`resolved_model`
+    builds its model config from that section (preset + overrides; an object
+    with ``to_dict()``); a family may refine both and :meth:`_check`.
     """
 
     #: the family this config trains, or a tuple of the families one config class serves (then the file must
     #: name one with ``family:``)
     FAMILY: ClassVar[str | tuple[str, ...]] = "?"
-    MODEL_CONFIG: ClassVar[type | None] = None
-    #: preset name -> constructor of the model config (``MODEL_CONFIG`` or one of its classmethods); the first
+    #: preset name -> constructor of the model config (its class or one of its classmethods); the first
     #: is the default
     PRESETS: ClassVar[dict[str, Any]] = {}
     family: str | None = Field(None, description="the model family (finegrain train dispatches on it)")
@@ -143,12 +183,6 @@ class TrainingConfigBase(_Section):
         if self.PRESETS and self.preset not in self.PRESETS:
             raise ConfigError(f"{source}: key 'model.preset': {self.preset!r} is not one of "
                               f"{', '.join(self.PRESETS)}")
-        if self.MODEL_CONFIG is not None:
-            fields = {f.name for f in dataclasses.fields(self.MODEL_CONFIG)}
-            unknown = sorted(set(self.model.overrides()) - fields)
-            if unknown:
-                raise ConfigError(f"{source}: " + "; ".join(f"key 'model.{k}': unknown key" for k in unknown)
-                                  + f" ({self.MODEL_CONFIG.__name__} has no such field)")
         try:
             self.resolved_model()
         except ModelConfigError as exc:

@@ -20,7 +20,6 @@ the Serve application are left running for the MLflow UI and HTTP calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +28,7 @@ from finegrain.datasets.ingest import ingest, sources_from_simulation
 from finegrain.datasets.shards import Manifest, read_frames
 from finegrain.datasets.simulate import SimulationConfig, simulate
 from finegrain.datasets.systems import get_system
+from finegrain.platform.apps.demo_config import DemoConfig
 from finegrain.platform.apps.console import leaderboard_table, ranking_table, submit_job
 from finegrain.platform.apps.entropy_compare import small_adp_comparison
 from finegrain.platform.apps.evaluation import evaluate
@@ -47,25 +47,6 @@ from finegrain.trainables.protocol import trainer_for
 __all__ = ["DemoConfig", "run_demo"]
 
 PACKAGE = Path(__file__).resolve().parents[2]  # the finegrain package (the repository root when editable)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    workdir: Path
-    system: str = "adp"
-    mapping: str = "backbone6"
-    replicas: int = 4
-    ns: float = 0.25
-    heldout_ns: float = 1.0  # 1000 held-out frames: enough for FES, MSM and their floors
-    seed: int = 0
-    train_steps: int = 600
-    flow_steps: int = 300
-    ic_steps: int = 600
-    zoo_model: str = "adp-backbone6"
-    serve_port: int = 8000
-    entropy_mappings: tuple[str, ...] = ("backbone6", "ca", "heavy")
-    entropy_steps: int = 300
-    entropy_ns: float = 0.2
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:

@@ -3,15 +3,18 @@ their defaults live (the CLI reads them from here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 __all__ = ["CompareConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CompareConfig:
-    """Settings of one comparison.
+    """Settings of one comparison (validated by pydantic: a ``ValueError`` naming the field).
 
     budget: training steps per flow; eval_frames: held-out frames scored;
     n_clusters: first k of the energy-variance k-doubling check; giulini_tol:
@@ -20,30 +23,18 @@ class CompareConfig:
 
     shards: Path
     system: str = "adp"
-    mappings: tuple[str, ...] = ("backbone6", "backbone5", "ca", "heavy")
-    budget: int = 2000
+    mappings: Annotated[tuple[str, ...], Field(min_length=1)] = ("backbone6", "backbone5", "ca", "heavy")
+    budget: Annotated[int, Field(ge=1, description="training steps per flow")] = 2000
     flow_config: Path | None = None
     overrides: tuple[str, ...] = ()
     experiment: str = "entropy-compare"
     work_dir: Path | None = None
-    eval_frames: int = 256
-    divergence: str = "hutchinson"
-    n_probes: int = 4
-    ode_steps: int = 10
-    n_clusters: int = 20
-    temperature_k: float = 300.0
-    giulini_tol: float = 0.05
+    eval_frames: Annotated[int, Field(ge=2)] = 256
+    divergence: Literal["exact", "hutchinson"] = "hutchinson"
+    n_probes: Annotated[int, Field(ge=1)] = 4
+    ode_steps: Annotated[int, Field(ge=1)] = 10
+    n_clusters: Annotated[int, Field(ge=2)] = 20
+    temperature_k: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 300.0
+    giulini_tol: Annotated[float, Field(gt=0, lt=1, description="relative change from k to 2k")] = 0.05
     reuse: bool = True
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.mappings:
-            raise ValueError("mappings: expected at least one mapping name")
-        if self.budget < 1:
-            raise ValueError(f"budget: expected >= 1 training step, got {self.budget}")
-        if self.eval_frames < 2:
-            raise ValueError(f"eval_frames: expected >= 2, got {self.eval_frames}")
-        if not 0 < self.giulini_tol < 1:
-            raise ValueError(f"giulini_tol: expected a relative change in (0, 1), got {self.giulini_tol}")
-        if self.divergence not in ("exact", "hutchinson"):
-            raise ValueError(f"divergence: expected exact or hutchinson, got {self.divergence!r}")

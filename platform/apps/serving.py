@@ -30,7 +30,7 @@ from pathlib import Path
 
 from finegrain.platform.apps.model_refs import model_info, resolve_model
 from finegrain.platform.apps.serving_app import BackmapServer
-from finegrain.platform.apps.serving_config import ModelRef, ServeSettings
+from finegrain.platform.apps.serving_config import HTTP_HOST, HTTP_PORT, ModelRef, ServeSettings
 from finegrain.platform.science.errors import FinegrainError
 from finegrain.platform.services.stack import LocalStack, connect_ray, tracking_uri
 
@@ -62,7 +62,7 @@ def build_app(args):
     ).bind(settings.model_dump())
 
 
-def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, *,
+def serve_model(model_uri: str, host: str = HTTP_HOST, port: int = HTTP_PORT, replicas: int = ServeSettings.model_fields["replicas"].default, *,
                 timeout_s: float = 180.0, **settings) -> str:
     """Serve ``model_uri`` on the running stack; returns the base URL (``http://HOST:PORT``).
 

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-__all__ = ["ServeSettings", "ModelRef", "alias_parts"]
+__all__ = ["HTTP_HOST", "HTTP_PORT", "ServeSettings", "ModelRef", "alias_parts"]
+
+#: where Serve's HTTP proxy listens unless told otherwise: this machine only
+HTTP_HOST = "127.0.0.1"
+HTTP_PORT = 8000
 
 
 class ServeSettings(BaseModel):

@@ -18,27 +18,19 @@ is exact to ~1e-3 nm.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from finegrain.trainables.cvae import schedules as _schedules
-from finegrain.trainables.model_config import ModelConfigError
+from finegrain.trainables.model_config import Bounds, ModelConfig, ModelConfigError, NonNegativeFloat, NonNegativeInt
+from finegrain.trainables.model_config import PositiveFloat, PositiveInt
 
 __all__ = ["CVAEConfig"]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass(frozen=True)
-class CVAEConfig:
+class CVAEConfig(ModelConfig):
     """Hyper-parameters of the cVAE backmapper (defaults: Table 1, ADP column).
 
     Grid / data
@@ -84,93 +76,50 @@ class CVAEConfig:
     """
 
     # grid (grid_width nm, sigma nm^2)
-    n_grid: int = 12
-    grid_width: float = 1.8
-    sigma: float = 0.05398
+    n_grid: Annotated[int, Bounds(ge=2)] = 12
+    grid_width: PositiveFloat = 1.8
+    sigma: PositiveFloat = 0.05398
     # architecture
-    d_latent: int = 32
-    d_hidden_encoder: int = 32
-    d_hidden_decoder: int = 32
-    encoder_strides: tuple[int, ...] = (1, 2, 1, 2, 1)
-    n_condition_blocks: int = 5
-    n_decoder_blocks: int = 8
-    kernel_size: int = 3
-    leaky_relu_slope: float = 0.01
+    d_latent: PositiveInt = 32
+    d_hidden_encoder: PositiveInt = 32
+    d_hidden_decoder: PositiveInt = 32
+    encoder_strides: tuple[Annotated[int, Bounds(ge=1, le=2)], ...] = (1, 2, 1, 2, 1)
+    n_condition_blocks: NonNegativeInt = 5
+    n_decoder_blocks: PositiveInt = 8
+    kernel_size: PositiveInt = 3
+    leaky_relu_slope: NonNegativeFloat = 0.01
     frame_based: bool = False
-    prev_noise_nm: float = 0.0
+    prev_noise_nm: NonNegativeFloat = 0.0
     # optimisation
-    learning_rate: float = 1.398e-4
-    batch_size: int = 32
-    max_steps: int = 14_800_000
-    w_clip: float | None = 0.1
-    schedule_steps: int | None = 14_800_000
+    learning_rate: PositiveFloat = 1.398e-4
+    batch_size: PositiveInt = 32
+    max_steps: PositiveInt = 14_800_000
+    w_clip: PositiveFloat | None = 0.1
+    schedule_steps: PositiveInt | None = 14_800_000
     # lambda schedule (eq. 5) and energy cap
-    t_lambda0: int = 200_000
-    n_lambda: int = 1_250_000
-    lambda_initial: float = 1e-6
-    lambda_final: float = 1.0
-    u_max: float | None = None
+    t_lambda0: NonNegativeInt = 200_000
+    n_lambda: PositiveInt = 1_250_000
+    lambda_initial: PositiveFloat = 1e-6
+    lambda_final: PositiveFloat = 1.0
+    u_max: PositiveFloat | None = None
     # beta schedule (eq. 6)
     beta_schedule: Literal["cyclic", "constant"] = "cyclic"
-    beta_n_cycles: int = 4
-    beta_cycle_length: int = 25_000
-    beta_k: float = 0.0025
-    beta_tau: float = 10_000.0
-    beta_constant: float = 1.0
+    beta_n_cycles: NonNegativeInt = 4
+    beta_cycle_length: PositiveInt = 25_000
+    beta_k: PositiveFloat = 0.0025
+    beta_tau: NonNegativeFloat = 10_000.0
+    beta_constant: NonNegativeFloat = 1.0
     # inference
-    n_gmm_components: int = 10
+    n_gmm_components: PositiveInt = 10
 
-    # ------------------------------------------------------------------ checks
-    def __post_init__(self) -> None:
-        if isinstance(self.encoder_strides, list):
-            object.__setattr__(self, "encoder_strides", tuple(self.encoder_strides))
-        positive_ints = ("n_grid", "d_latent", "d_hidden_encoder", "d_hidden_decoder", "kernel_size",
-                         "batch_size", "max_steps", "n_lambda", "beta_cycle_length", "n_gmm_components")
-        for name in positive_ints:
-            v = getattr(self, name)
-            if not _is_int(v) or v <= 0:
-                raise ModelConfigError(f"CVAEConfig.{name} must be a positive int, got {v!r}", name)
-        for name in ("n_condition_blocks", "n_decoder_blocks", "t_lambda0", "beta_n_cycles"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 0:
-                raise ModelConfigError(f"CVAEConfig.{name} must be a non-negative int, got {v!r}", name)
-        for name in ("grid_width", "sigma", "learning_rate", "lambda_initial", "lambda_final", "beta_k"):
-            v = getattr(self, name)
-            if not _is_num(v) or v <= 0:
-                raise ModelConfigError(f"CVAEConfig.{name} must be a finite number > 0, got {v!r}", name)
-        for name in ("w_clip", "u_max"):
-            v = getattr(self, name)
-            if v is not None and (not _is_num(v) or v <= 0):
-                raise ModelConfigError(f"CVAEConfig.{name} must be None or a finite number > 0, got {v!r}", name)
-        if self.schedule_steps is not None and (not _is_int(self.schedule_steps) or self.schedule_steps <= 0):
-            raise ModelConfigError(
-                f"CVAEConfig.schedule_steps must be None or a positive int, got {self.schedule_steps!r}",
-                "schedule_steps")
-        for name in ("beta_tau", "beta_constant", "leaky_relu_slope", "prev_noise_nm"):
-            v = getattr(self, name)
-            if not _is_num(v) or v < 0:
-                raise ModelConfigError(f"CVAEConfig.{name} must be a finite number >= 0, got {v!r}", name)
-        if self.n_grid < 2:
-            raise ModelConfigError(f"CVAEConfig.n_grid must be >= 2, got {self.n_grid}", "n_grid")
-        if not isinstance(self.frame_based, bool):
-            raise ModelConfigError(f"CVAEConfig.frame_based must be a bool, got {self.frame_based!r}", "frame_based")
-        if self.beta_schedule not in ("cyclic", "constant"):
-            raise ModelConfigError(
-                f"CVAEConfig.beta_schedule must be 'cyclic' or 'constant', got {self.beta_schedule!r}", "beta_schedule")
+    # ------------------------------------------------------------------ checks between fields
+    def _check(self) -> None:
         if self.d_latent % 8 != 0:
             raise ModelConfigError(
                 f"CVAEConfig.d_latent must be a multiple of 8 (z is reshaped to a 2x2x2 grid), got {self.d_latent}",
                 "d_latent")
         if self.kernel_size % 2 != 1:
             raise ModelConfigError(f"CVAEConfig.kernel_size must be odd, got {self.kernel_size}", "kernel_size")
-        if (not isinstance(self.encoder_strides, tuple) or len(self.encoder_strides) == 0
-                or any(not _is_int(s) or s not in (1, 2) for s in self.encoder_strides)):
-            raise ModelConfigError(
-                f"CVAEConfig.encoder_strides must be a non-empty tuple of 1s and 2s, got {self.encoder_strides!r}",
-                "encoder_strides")
-        if self.n_decoder_blocks < 1:
-            raise ModelConfigError(
-                f"CVAEConfig.n_decoder_blocks must be >= 1, got {self.n_decoder_blocks}", "n_decoder_blocks")
         if self.gaussian_std >= self.grid_width / 2:
             raise ModelConfigError(
                 f"CVAEConfig.sigma ({self.sigma} nm^2: Gaussian std sqrt(sigma/2) = {self.gaussian_std:.4g} nm) "
@@ -210,29 +159,6 @@ class CVAEConfig:
     def clip_at(self, step: int) -> float | None:
         """Gradient-norm clip for ``step``: w_clip once lambda > 0 (t >= :attr:`schedule`'s t_lambda0), else None."""
         return self.w_clip if step >= self.schedule.t_lambda0 else None
-
-    # --------------------------------------------------------- (de)serialise
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["encoder_strides"] = list(self.encoder_strides)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CVAEConfig":
-        """Build from a mapping (e.g. a Tune sample); unknown keys raise ModelConfigError (a ValueError) naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ModelConfigError(f"CVAEConfig got unknown field(s) {unknown}", unknown[0])
-        return cls(**dict(data))
-
-    def replace(self, **changes: Any) -> "CVAEConfig":
-        """A copy with ``changes`` applied (validated again)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ModelConfigError(f"CVAEConfig got unknown field(s) {unknown}", unknown[0])
-        return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------- presets
     @classmethod

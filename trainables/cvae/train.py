@@ -214,7 +214,7 @@ class _Worker(TrainWorker):
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
         self.energy_fn = self._energy_model()
-        self._reseed()
+        self.reseed()
 
     # -- setup ---------------------------------------------------------------
     def _energy_model(self):
@@ -234,7 +234,7 @@ class _Worker(TrainWorker):
             raise ValueError(f"training.energy: no energy model for system {self.ctx.system!r} ({exc}); "
                              f"set training.energy=false to train without L_ENERGY") from exc
 
-    def _reseed(self) -> None:
+    def reseed(self) -> None:
         """Generators for rotations (CPU) and eps (device), a function of (seed, rank, step)."""
         s = worker_seed(self.seed, self.rank, self.step)
         self.gen = torch.Generator().manual_seed(s)
@@ -250,7 +250,7 @@ class _Worker(TrainWorker):
     def _loss(self, module, aa_prev, cg, aa, step: int, generator):
         return step_loss(module, aa_prev, cg, aa, step, self.mapping, energy_fn=self.energy_fn, generator=generator)
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, float]:
         self._maybe_inject_failure()
         self.model.train()
         aa_prev, cg, aa = self._triplet(batch, rotate=True, prev_noise_nm=self.cfg.prev_noise_nm)
@@ -271,7 +271,7 @@ class _Worker(TrainWorker):
 
     # -- validation --------------------------------------------------------------
     @torch.no_grad()
-    def _validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         import ray.train
 
         self.raw.eval()
@@ -349,15 +349,15 @@ class _Worker(TrainWorker):
                 "n_beads": self.n_beads, "mapping": self.ctx.mapping_name, "world_size": self.world,
                 "final": final}
 
-    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False,
+    def report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False,
                 gmm: dict | None = None, bank: dict | None = None) -> None:
         def save(folder: Path) -> None:
             save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final), gmm, bank)
 
-        self.report(metrics, save if checkpoint else None)
+        self.publish(metrics, save if checkpoint else None)
 
     # -- main loop ------------------------------------------------------------------------
-    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+    def step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
         metrics = {f"train_{k}" if k in TERMS else k: v for k, v in means.items() if k not in ("lambda", "beta")}
         metrics.update({"lambda": self.cfg.lambda_at(used), "beta": self.cfg.beta_at(used)})
         return metrics
@@ -370,7 +370,7 @@ class _Worker(TrainWorker):
         final = {"lambda": cfg.lambda_at(max(self.step - 1, 0)), "beta": cfg.beta_at(max(self.step - 1, 0))}
         if gmm is not None:
             final["gmm_components"] = float(len(gmm["weights"]))
-        self._report(final, checkpoint=True, final=True, gmm=gmm, bank=bank)
+        self.report(final, checkpoint=True, final=True, gmm=gmm, bank=bank)
 
     def _maybe_inject_failure(self) -> None:
         """Fault-tolerance drill: rank 0 raises once at step ``inject_failure_at`` (a marker file makes it once)."""

@@ -41,11 +41,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from finegrain.trainables.cvae.config import CVAEConfig
-from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import ConfigError, DataSection, RunSection, model_section
 from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 
 __all__ = ["TrainConfig", "TrainingSection", "ConfigError"]
 
+
+#: the ``model`` section: a preset of CVAEConfig and overrides of its fields (types and bounds from CVAEConfig)
+CVAEModelSection = model_section(CVAEConfig)
 
 class TrainingSection(RunSection):
     """The cVAE run: budget, energy term, inference extras (and the shared :class:`RunSection`)."""
@@ -68,12 +71,11 @@ class TrainConfig(TrainingConfigBase):
     """The whole configuration of one cVAE training run."""
 
     FAMILY: ClassVar[str] = "cvae"
-    MODEL_CONFIG: ClassVar[type] = CVAEConfig
     PRESETS: ClassVar[dict[str, Any]] = {"adp": CVAEConfig.adp, "chignolin": CVAEConfig.chignolin,
                                          "smoke": CVAEConfig.smoke}
 
     data: DataSection
-    model: PresetModelSection = Field(default_factory=PresetModelSection)
+    model: CVAEModelSection = Field(default_factory=CVAEModelSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="cvae"))
 

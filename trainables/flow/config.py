@@ -7,17 +7,18 @@ in nats w.r.t. the Lebesgue measure of the fibre in nm (see
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from finegrain.trainables.model_config import ModelConfig, ModelConfigError, positive_int, positive_number
+from finegrain.trainables.model_config import ModelConfig, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval
 
 __all__ = ["FlowConfig", "METHODS", "DIVERGENCES"]
 
-METHODS = ("euler", "rk4", "dopri5")
-DIVERGENCES = ("exact", "hutchinson")
-
-
+Method = Literal["euler", "rk4", "dopri5"]
+Divergence = Literal["exact", "hutchinson"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+DIVERGENCES: tuple[str, ...] = typing.get_args(Divergence)
 
 
 @dataclass(frozen=True)
@@ -51,51 +52,26 @@ class FlowConfig(ModelConfig):
         (n_probes Gaussian probes).
     """
 
-    prior_width_nm: float = 0.1
-    hidden: int = 64
-    layers: int = 4
-    n_rbf: int = 16
-    rbf_max_nm: float = 1.0
-    time_features: int = 8
-    length_scale_nm: float = 0.1
+    prior_width_nm: PositiveFloat = 0.1
+    hidden: PositiveInt = 64
+    layers: PositiveInt = 4
+    n_rbf: PositiveInt = 16
+    rbf_max_nm: PositiveFloat = 1.0
+    time_features: PositiveInt = 8
+    length_scale_nm: PositiveFloat = 0.1
     chiral: bool = True
     temporal: bool = False
-    prev_dropout: float = 0.2
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    method: Literal["euler", "rk4", "dopri5"] = "rk4"
-    steps: int = 20
-    likelihood_method: Literal["euler", "rk4", "dopri5"] = "dopri5"
-    rtol: float = 1e-4
-    atol: float = 1e-5
-    divergence: Literal["exact", "hutchinson"] = "exact"
-    n_probes: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "n_rbf", "time_features", "batch_size", "steps", "n_probes"):
-            if not positive_int(getattr(self, name)):
-                raise ModelConfigError(
-                    f"FlowConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}", name)
-        for name in ("prior_width_nm", "rbf_max_nm", "length_scale_nm", "learning_rate", "rtol", "atol"):
-            if not positive_number(getattr(self, name)):
-                raise ModelConfigError(f"FlowConfig.{name}: expected a number > 0, got {getattr(self, name)!r}", name)
-        if not (isinstance(self.prev_dropout, (int, float)) and 0.0 <= self.prev_dropout <= 1.0):
-            raise ModelConfigError(
-                f"FlowConfig.prev_dropout: expected a number in [0, 1], got {self.prev_dropout!r}", "prev_dropout")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ModelConfigError(
-                f"FlowConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}", "weight_decay")
-        for name in ("method", "likelihood_method"):
-            if getattr(self, name) not in METHODS:
-                raise ModelConfigError(
-                    f"FlowConfig.{name}: expected one of {METHODS}, got {getattr(self, name)!r}", name)
-        if self.divergence not in DIVERGENCES:
-            raise ModelConfigError(
-                f"FlowConfig.divergence: expected one of {DIVERGENCES}, got {self.divergence!r}", "divergence")
-        for name in ("chiral", "temporal"):
-            if not isinstance(getattr(self, name), bool):
-                raise ModelConfigError(f"FlowConfig.{name}: expected true/false, got {getattr(self, name)!r}", name)
+    prev_dropout: UnitInterval = 0.2
+    learning_rate: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 64
+    method: Method = "rk4"
+    steps: PositiveInt = 20
+    likelihood_method: Method = "dopri5"
+    rtol: PositiveFloat = 1e-4
+    atol: PositiveFloat = 1e-5
+    divergence: Divergence = "exact"
+    n_probes: PositiveInt = 1
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "FlowConfig":

@@ -31,7 +31,8 @@ from finegrain.datasets.shards import read_frames, unflatten_pair_batch
 from finegrain.trainables.checkpoints import read_checkpoint, write_checkpoint
 from finegrain.trainables.flow.backmapper import FlowBackmapper
 from finegrain.trainables.flow.config import FlowConfig
-from finegrain.trainables.optim import make_optimizer, optimizer_step, set_learning_rate
+from finegrain.trainables.flow.fit import flow_update
+from finegrain.trainables.optim import make_optimizer
 from finegrain.trainables.flow.geometry import bead_assignment
 from finegrain.trainables.flow.model import ConditionalFlow
 from finegrain.trainables.flow.train_config import FlowTrainConfig
@@ -66,9 +67,9 @@ class _Worker(TrainWorker):
         self.opt = make_optimizer(self.raw, self.cfg.learning_rate, self.cfg.weight_decay)
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
-        self._reseed()
+        self.reseed()
 
-    def _reseed(self) -> None:
+    def reseed(self) -> None:
         """The noise generator as a function of (seed, rank, step): after a checkpoint, a resumed run draws
         what the uninterrupted one draws."""
         self.gen = torch.Generator(self.device).manual_seed(worker_seed(self.seed, self.rank, self.step))
@@ -77,15 +78,13 @@ class _Worker(TrainWorker):
         prev, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
         return (prev if self.cfg.temporal else None), cg, aa
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
-        set_learning_rate(self.opt, self.cfg.learning_rate, self.step, self.config.training.max_steps)
         prev, cg, aa = self._pairs(batch)
-        with self.autocast():
-            loss = self.model(aa, cg, prev, generator=self.gen)
-        return {"train_total": optimizer_step(self.opt, self.raw, loss)}
+        return {"train_total": flow_update(self.opt, self.model, self.raw, self.step, self.config.training.max_steps,
+                                           aa, cg, prev, self.gen, self.autocast())}
 
-    def _validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         import ray.train
 
         self.raw.eval()
@@ -119,13 +118,13 @@ class _Worker(TrainWorker):
                 "mapping": self.ctx.mapping_name,
                 "world_size": self.world, "final": final}
 
-    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
+    def report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
         def save(folder: Path) -> None:
             save_checkpoint_dir(folder, self.raw, self.opt, self._meta(final))
 
-        self.report(metrics, save if checkpoint else None)
+        self.publish(metrics, save if checkpoint else None)
 
-    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+    def step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
         return dict(means)
 
     def run(self) -> None:

@@ -27,12 +27,15 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import ConfigError, DataSection, RunSection, model_section
 from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 from finegrain.trainables.flow.config import FlowConfig
 
 __all__ = ["FlowTrainConfig", "FlowTrainingSection", "ConfigError"]
 
+
+#: the ``model`` section: a preset of FlowConfig and overrides of its fields (types and bounds from FlowConfig)
+FlowModelSection = model_section(FlowConfig)
 
 class FlowTrainingSection(RunSection):
     """The flow run: budget, validation likelihood (and the shared :class:`RunSection`)."""
@@ -47,11 +50,10 @@ class FlowTrainConfig(TrainingConfigBase):
     """The whole configuration of one flow training run."""
 
     FAMILY: ClassVar[str] = "flow"
-    MODEL_CONFIG: ClassVar[type] = FlowConfig
     PRESETS: ClassVar[dict[str, Any]] = {"default": FlowConfig, "smoke": FlowConfig.smoke}
 
     data: DataSection
-    model: PresetModelSection = Field(default_factory=PresetModelSection)
+    model: FlowModelSection = Field(default_factory=FlowModelSection)
     training: FlowTrainingSection = Field(default_factory=FlowTrainingSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="flow"))
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finegrain.trainables.model_config import ModelConfig, ModelConfigError, positive_int, positive_number
+from finegrain.trainables.model_config import ModelConfig, NonNegativeFloat, PositiveFloat, PositiveInt
 
 __all__ = ["ICConfig"]
-
-
 
 
 @dataclass(frozen=True)
@@ -35,26 +33,15 @@ class ICConfig(ModelConfig):
         learning_rate (AdamW), weight_decay, batch_size.
     """
 
-    hidden: int = 256
-    layers: int = 3
-    components: int = 6
-    min_scale: float = 0.01
-    max_concentration: float = 1e4
-    fixed_tolerance: float = 1e-5
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "components", "batch_size"):
-            if not positive_int(getattr(self, name)):
-                raise ModelConfigError(f"ICConfig.{name}: expected an integer >= 1, got {getattr(self, name)!r}", name)
-        for name in ("min_scale", "max_concentration", "fixed_tolerance", "learning_rate"):
-            if not positive_number(getattr(self, name)):
-                raise ModelConfigError(f"ICConfig.{name}: expected a number > 0, got {getattr(self, name)!r}", name)
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ModelConfigError(
-                f"ICConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}", "weight_decay")
+    hidden: PositiveInt = 256
+    layers: PositiveInt = 3
+    components: PositiveInt = 6
+    min_scale: PositiveFloat = 0.01
+    max_concentration: PositiveFloat = 1e4
+    fixed_tolerance: PositiveFloat = 1e-5
+    learning_rate: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 256
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "ICConfig":

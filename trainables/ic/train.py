@@ -56,10 +56,10 @@ class _Worker(TrainWorker):
         self.restore(self.raw, self.opt, load_checkpoint_state)
         self.model = self.compiled(ray.train.torch.prepare_model(self.raw, move_to_device=False))
 
-    def _reseed(self) -> None:
+    def reseed(self) -> None:
         torch.manual_seed(worker_seed(self.seed, self.rank, self.step))
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         set_learning_rate(self.opt, self.cfg.learning_rate, self.step, self.config.training.max_steps)
         _, cg, aa = unflatten_pair_batch(batch, self.n_atoms, self.n_beads)
@@ -67,7 +67,7 @@ class _Worker(TrainWorker):
             loss = -self.model(aa, cg).mean()
         return {"train_nll": optimizer_step(self.opt, self.raw, loss)}
 
-    def _validate(self) -> dict[str, float]:
+    def validate(self) -> dict[str, float]:
         import ray.train
 
         self.raw.eval()
@@ -82,16 +82,16 @@ class _Worker(TrainWorker):
             torch.distributed.all_reduce(sums)
         return {"val_nll": float(sums[0] / sums[1])} if sums[1] > 0 else {}
 
-    def _report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
+    def report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
         def save(folder: Path) -> None:
             write_checkpoint(folder, self.raw, self.opt, {
                 "step": self.step, "epoch": self.epoch, "ic": self.cfg.to_dict(),
                 "zmatrix": self.ctx.payload["zmatrix"], "n_atoms": self.n_atoms, "n_beads": self.n_beads,
                 "world_size": self.world, "final": final})
 
-        self.report(metrics, save if checkpoint else None)
+        self.publish(metrics, save if checkpoint else None)
 
-    def _step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
+    def step_metrics(self, means: dict[str, float], used: int) -> dict[str, float]:
         return dict(means)
 
     def run(self) -> None:

@@ -23,12 +23,15 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from finegrain.trainables.train_config import ConfigError, DataSection, PresetModelSection, RunSection
+from finegrain.trainables.train_config import ConfigError, DataSection, RunSection, model_section
 from finegrain.trainables.train_config import TrackingSection, TrainingConfigBase
 from finegrain.trainables.ic.config import ICConfig
 
 __all__ = ["ICTrainConfig", "ICTrainingSection", "ConfigError"]
 
+
+#: the ``model`` section: a preset of ICConfig and overrides of its fields (types and bounds from ICConfig)
+ICModelSection = model_section(ICConfig)
 
 class ICTrainingSection(RunSection):
     """The ic run: budget and cadence (and the shared :class:`RunSection`)."""
@@ -41,11 +44,10 @@ class ICTrainConfig(TrainingConfigBase):
     """The whole configuration of one internal-coordinate training run."""
 
     FAMILY: ClassVar[str] = "ic"
-    MODEL_CONFIG: ClassVar[type] = ICConfig
     PRESETS: ClassVar[dict[str, Any]] = {"default": ICConfig, "smoke": ICConfig.smoke}
 
     data: DataSection
-    model: PresetModelSection = Field(default_factory=PresetModelSection)
+    model: ICModelSection = Field(default_factory=ICModelSection)
     training: ICTrainingSection = Field(default_factory=ICTrainingSection)
     tracking: TrackingSection = Field(default_factory=lambda: TrackingSection(experiment="ic"))
 

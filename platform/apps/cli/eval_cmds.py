@@ -9,6 +9,8 @@ import typer
 
 from finegrain.datasets.shards import DEFAULT_SPLIT_SEED
 from finegrain.platform.apps.console import leaderboard_table
+from finegrain.platform.science.metrics.floors import N_BOOTSTRAP
+from finegrain.platform.science.metrics.landscape import MIN_FES_FRAMES
 
 
 def register(app: typer.Typer) -> None:
@@ -28,9 +30,9 @@ def evaluate(
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.json and plots."),
     lag_ps: Optional[float] = typer.Option(None, help="MSM lag, ps (default: the system's, e.g. 5 ps ADP, 4 ns "
                                                       "chignolin)."),
-    min_frames: int = typer.Option(1000, help="Fewest reference frames for free-energy surfaces and MSMs "
+    min_frames: int = typer.Option(MIN_FES_FRAMES, help="Fewest reference frames for free-energy surfaces and MSMs "
                                               "(fewer are refused)."),
-    bootstrap: int = typer.Option(20, help="Block-bootstrap replicates for the 95 % intervals (0: none)."),
+    bootstrap: int = typer.Option(N_BOOTSTRAP, help="Block-bootstrap replicates for the 95 % intervals (0: none)."),
     floor_reference: Optional[Path] = typer.Option(None, help="An independent reference run (shard folder, or "
                                                               "trajectory with --top) for the noise floors; "
                                                               "default: the two halves of --reference."),

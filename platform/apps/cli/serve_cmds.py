@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from finegrain.platform.apps.defaults import defaults_of
-from finegrain.platform.apps.serving_config import ServeSettings
+from finegrain.platform.apps.serving_config import HTTP_HOST, HTTP_PORT, ServeSettings
 
 SERVE = defaults_of(ServeSettings)
 
@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
 def serve(
     model: Optional[str] = typer.Option(None, help="Model URI: models:/NAME@champion (also models:/NAME/V, runs:/...) "
                                                    "or a model folder."),
-    host: str = typer.Option("127.0.0.1", help="HTTP host (0.0.0.0 exposes the server to the network)."),
-    port: int = typer.Option(8000, help="HTTP port."),
+    host: str = typer.Option(HTTP_HOST, help="HTTP host (0.0.0.0 exposes the server to the network)."),
+    port: int = typer.Option(HTTP_PORT, help="HTTP port."),
     replicas: int = typer.Option(SERVE["replicas"], min=1, help="Serve replicas."),
     reload: bool = typer.Option(False, "--reload", help="Follow the registry alias: when it moves, switch to the "
                                                         "new version (in-flight requests finish on the old one)."),

@@ -6,17 +6,21 @@ import sys
 
 import typer
 
+from finegrain.platform.apps.defaults import defaults_of
+from finegrain.platform.services.stack import LocalStack
+
+UP = defaults_of(LocalStack.up)
+
 app = typer.Typer(help="The local stack: a Ray head and an MLflow server on 127.0.0.1.", no_args_is_help=True)
 
 
 @app.command()
 def up(
-    dashboard_port: int = typer.Option(8265, help="Ray dashboard / job submission port (next free port if taken)."),
-    mlflow_port: int = typer.Option(5000, help="MLflow server port (next free port if taken)."),
+    dashboard_port: int = typer.Option(UP["dashboard_port"], help="Ray dashboard / job submission port (next free port if taken)."),
+    mlflow_port: int = typer.Option(UP["mlflow_port"], help="MLflow server port (next free port if taken)."),
     num_cpus: int = typer.Option(None, help="CPUs Ray may schedule (default: all)."),
 ) -> None:
     """Start Ray and MLflow (idempotent); state goes to $FINEGRAIN_HOME or ./.finegrain."""
-    from finegrain.platform.services.stack import LocalStack
 
     stack = LocalStack()
     st = stack.up(dashboard_port=dashboard_port, mlflow_port=mlflow_port, num_cpus=num_cpus)
@@ -26,7 +30,6 @@ def up(
 @app.command()
 def status() -> None:
     """Print the MLflow URI and Ray addresses; exit 1 when the stack is not running."""
-    from finegrain.platform.services.stack import LocalStack
 
     stack = LocalStack()
     st, running = stack.state(), stack.status()
@@ -39,7 +42,6 @@ def status() -> None:
 @app.command()
 def down() -> None:
     """Stop the processes `stack up` started from this state folder (and nothing else)."""
-    from finegrain.platform.services.stack import LocalStack
 
     stopped = LocalStack().down()
     typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -48,7 +50,6 @@ def down() -> None:
 @app.command()
 def env() -> None:
     """Print shell exports for clients: `eval "$(finegrain stack env)"` then `ray job submit ...`."""
-    from finegrain.platform.services.stack import LocalStack
 
     for k, v in LocalStack().require().client_env().items():
         typer.echo(f"export {k}={v}")
