@@ -7,6 +7,13 @@ with the mapping matrix and written as one shard per chunk. The manifest
 distances) is written last and the folder is renamed into place only when
 everything succeeded.
 
+Periodic boxes are carried too: a trajectory with unit cells gives every
+shard row its box (``box_nm``, nm, [3, 3]; a box that changes between frames
+is recorded as it is) and its molecules are made whole (mdtraj, along the
+topology's bonds) before mapping, so a molecule split by the box edge maps to
+the right bead. A periodic system's trajectory (its simulation's metadata
+says ``periodic``, or ``ingest(periodic=True)``) without box vectors is refused.
+
 Constraints are carried, not guessed: trajectories from ``finegrain simulate``
 bring the constrained pairs recorded in its ``metadata.json``; external
 trajectories have none unless given (``ingest(constraints=...)``).
@@ -27,8 +34,8 @@ from finegrain.datasets.shards import Manifest, ShardInfo, frames_table, sha256_
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.validation import check_units_nm, check_xyz
 
-__all__ = ["TrajectorySource", "sources_from_simulation", "constraints_from_simulation", "ingest", "IngestError",
-           "FROM_SOURCES"]
+__all__ = ["TrajectorySource", "sources_from_simulation", "constraints_from_simulation", "periodic_from_simulation",
+           "ingest", "IngestError", "FROM_SOURCES"]
 
 #: ``ingest(constraints=FROM_SOURCES)``: take the constraint record from the sources' simulation metadata.
 FROM_SOURCES = "from-sources"
@@ -131,8 +138,17 @@ def dcd_declared_frames(path: str | Path) -> int | None:
     return nset if nset > 0 else None
 
 
-def _check_source(src: TrajectorySource, top, n_atoms: int) -> None:
-    """Cheap checks in the driver, so bad input fails before any task starts."""
+def periodic_from_simulation(sim_dir: str | Path) -> bool:
+    """Whether a ``finegrain simulate`` folder's system was periodic (False for older folders)."""
+    meta_path = Path(sim_dir) / "metadata.json"
+    if not meta_path.is_file():
+        raise IngestError(f"SIM_DIR {sim_dir}: no metadata.json (not a finegrain simulate output)")
+    return bool(json.loads(meta_path.read_text()).get("periodic", False))
+
+
+def _check_source(src: TrajectorySource, top, n_atoms: int, periodic: bool = False) -> bool:
+    """Cheap checks in the driver, so bad input fails before any task starts. Returns whether the
+    file carries box vectors (unit cells)."""
     import mdtraj as md
 
     if not Path(src.path).is_file():
@@ -145,14 +161,20 @@ def _check_source(src: TrajectorySource, top, n_atoms: int) -> None:
         raise IngestError(f"trajectory {src.path}: unreadable or empty ({type(exc).__name__}: {exc})") from exc
     if first.n_atoms != n_atoms:
         raise IngestError(f"trajectory {src.path}: {first.n_atoms} atoms, topology has {n_atoms}")
+    if periodic and first.unitcell_vectors is None:
+        raise IngestError(f"trajectory {src.path}: the system is periodic but the file has no box vectors "
+                          f"(unit cells); write them (e.g. DCD with unit cells) or ingest with periodic=False")
+    return first.unitcell_vectors is not None
 
 
 class _ShardWriter:
     """Ray Data UDF: one source row in, one metadata row per written shard out."""
 
-    def __init__(self, top_path: str, mapping: dict, system: str, out_dir: str, chunk_frames: int):
+    def __init__(self, top_path: str, mapping: dict, system: str, out_dir: str, chunk_frames: int,
+                 has_box: bool = False):
         self.top_path, self.system, self.out_dir, self.chunk = top_path, system, Path(out_dir), chunk_frames
         self.mapping = CGMapping.from_dict(mapping)
+        self.has_box = has_box
 
     def __call__(self, batch: dict) -> dict:
         """Bad input is reported as data (column ``error``), so the driver can
@@ -194,6 +216,9 @@ class _ShardWriter:
 
     def _write(self, rows, traj_id, path, k, start, chunk, obs, bonds) -> None:
         xyz = check_xyz(chunk.xyz, chunk.n_atoms, f"trajectory {path}", frame_offset=start)
+        box = None
+        if self.has_box:
+            box, xyz = _whole_molecules(chunk, xyz, path, start)
         if k == 0:
             check_units_nm(xyz, bonds, f"trajectory {path}")
         sl = slice(start, start + chunk.n_frames)
@@ -204,13 +229,37 @@ class _ShardWriter:
         else:
             time_ps, energy, forces = np.asarray(chunk.time, dtype=np.float64), None, None
         cg = self.mapping.map(xyz.astype(np.float64))
-        table = frames_table(self.system, traj_id, np.arange(sl.start, sl.stop), time_ps, xyz, cg, energy, forces)
+        table = frames_table(self.system, traj_id, np.arange(sl.start, sl.stop), time_ps, xyz, cg, energy, forces,
+                             box)
         rel = f"shards/{_safe(traj_id)}-{k:05d}.parquet"
         import pyarrow.parquet as pq
 
         pq.write_table(table, self.out_dir / rel)
         for key, val in zip(rows, (rel, traj_id, start, chunk.n_frames, sha256_file(self.out_dir / rel), "")):
             rows[key].append(val)
+
+
+def _whole_molecules(chunk, xyz: np.ndarray, path: str, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """(box [F, 3, 3] nm, xyz [F, N, 3] nm with every molecule whole) of a periodic chunk.
+
+    Each frame's box must be finite with positive volume; molecules (bonded
+    components of the topology) are made whole by mdtraj along their bonds.
+    Raises IngestError naming the file and the first bad frame.
+    """
+    if chunk.unitcell_vectors is None:
+        raise IngestError(f"trajectory {path}: no box vectors from frame {start} on (periodic data)")
+    box = np.asarray(chunk.unitcell_vectors, dtype=np.float64)
+    good = np.isfinite(box).all(axis=(1, 2))
+    good[good] = np.linalg.det(box[good]) > 0
+    if not good.all():
+        bad = int(np.flatnonzero(~good)[0])
+        raise IngestError(f"trajectory {path}, frame {start + bad}: invalid box vectors {box[bad].tolist()} nm "
+                          f"(need finite vectors with positive volume)")
+    import mdtraj as md
+
+    frames = md.Trajectory(np.asarray(xyz, dtype=np.float32), chunk.topology,
+                           unitcell_lengths=chunk.unitcell_lengths, unitcell_angles=chunk.unitcell_angles)
+    return box, frames.make_molecules_whole(inplace=False).xyz
 
 
 def ingest(
@@ -222,6 +271,7 @@ def ingest(
     chunk_frames: int = 1000,
     overwrite: bool = False,
     constraints: list | None | str = FROM_SOURCES,
+    periodic: bool | None = None,
 ) -> Manifest:
     """Shard ``sources`` into ``out`` with Ray Data; returns the manifest.
 
@@ -229,6 +279,11 @@ def ingest(
     with, rows [i, j, r0_nm] (None: unknown, treated as none). Default: from
     each source's simulation metadata (None for external files); sources
     with different records are refused.
+
+    periodic : whether the system is periodic (then every trajectory must
+    carry box vectors). Default: periodic when a source's simulation metadata
+    says so. Box vectors found in the files are carried either way (all
+    sources must have them or none), molecules made whole before mapping.
 
     Needs a connected Ray. Raises IngestError (naming the file/frame) on bad
     input; nothing is left at ``out`` then.
@@ -251,14 +306,24 @@ def ingest(
         raise IngestError(f"topology {topology}: unreadable ({type(exc).__name__}: {exc})") from exc
     if mapping.n_atoms != top.n_atoms:
         raise IngestError(f"mapping '{mapping.name}' expects {mapping.n_atoms} atoms, topology {topology} has {top.n_atoms}")
-    for src in sources:
-        _check_source(src, top, top.n_atoms)
+    if periodic is None:
+        periodic = any(periodic_from_simulation(s.simulation) for s in sources if s.simulation)
+    boxes = {s.path: _check_source(s, top, top.n_atoms, periodic) for s in sources}
+    if len(set(boxes.values())) > 1:
+        with_box = next(p for p, b in boxes.items() if b)
+        without = next(p for p, b in boxes.items() if not b)
+        raise IngestError(f"traj: trajectory {with_box} has box vectors and {without} has none; ingest them "
+                          f"separately")
+    has_box = bool(boxes) and all(boxes.values())
+    if has_box and top.n_bonds == 0 and top.n_atoms > 1:
+        raise IngestError(f"topology {topology}: periodic frames need the topology's bonds (CONECT records) "
+                          f"to make molecules whole before mapping; it has none")
     constraint_rows = _constraint_rows(constraints, sources, top.n_atoms)
 
     with atomic_folder(out) as tmp:
         (tmp / "shards").mkdir()
         md.load_frame(sources[0].path, 0, top=top).save_pdb(str(tmp / "topology.pdb"))
-        writer = _ShardWriter(str(tmp / "topology.pdb"), mapping.to_dict(), system, str(tmp), chunk_frames)
+        writer = _ShardWriter(str(tmp / "topology.pdb"), mapping.to_dict(), system, str(tmp), chunk_frames, has_box)
         items = [{"traj_id": s.traj_id, "path": s.path, "observables": s.observables or ""} for s in sources]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             writer, batch_size=1, num_cpus=1
@@ -286,6 +351,7 @@ def ingest(
             sources={s.traj_id: str(Path(s.path).resolve()) for s in sources},
             has_energies=all(s.observables for s in sources),
             constraints=constraint_rows,
+            has_box=has_box,
         )
         manifest.save(tmp)
     return manifest

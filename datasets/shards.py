@@ -15,7 +15,14 @@ cg_xyz_nm          fixed_size_list<float32>[3n]     nm, bead-major xyz
 energy_kj_mol      float64, nullable                kJ/mol
 forces             fixed_size_list<float32>[3N],    kJ/mol/nm
                    nullable
+box_nm             fixed_size_list<float32>[9]      nm, box vectors a, b, c
+                   (periodic frames only)           (rows of a [3, 3]) per frame
 =================  ===============================  ==========
+
+Periodic trajectories (``Manifest.has_box``) carry their box per frame
+(``box_nm``; a box that changes between frames is recorded as it is) and
+their molecules are made whole before mapping, so ``aa_xyz_nm`` may differ
+from the file's coordinates by box vectors.
 
 Temporal pairs (AA(t-lag), CG(t), AA(t)) never cross trajectories.
 """
@@ -57,8 +64,9 @@ _FRAME_COLUMNS = ["traj_id", "frame", "time_ps", "aa_xyz_nm", "cg_xyz_nm", "ener
 SPLITS = ("train", "validation", "test")
 
 
-def frame_schema(n_atoms: int, n_beads: int) -> pa.Schema:
-    """The Arrow schema of a frame row for ``n_atoms`` atoms and ``n_beads`` beads."""
+def frame_schema(n_atoms: int, n_beads: int, box: bool = False) -> pa.Schema:
+    """The Arrow schema of a frame row for ``n_atoms`` atoms and ``n_beads`` beads (with a ``box_nm``
+    column for periodic frames)."""
     return pa.schema(
         [
             pa.field("system", pa.string(), nullable=False),
@@ -69,7 +77,7 @@ def frame_schema(n_atoms: int, n_beads: int) -> pa.Schema:
             pa.field("cg_xyz_nm", pa.list_(pa.float32(), 3 * n_beads), nullable=False),
             pa.field("energy_kj_mol", pa.float64()),
             pa.field("forces", pa.list_(pa.float32(), 3 * n_atoms)),
-        ],
+        ] + ([pa.field("box_nm", pa.list_(pa.float32(), 9), nullable=False)] if box else []),
         metadata={b"units": b"xyz nm, time ps, energy kJ/mol, forces kJ/mol/nm"},
     )
 
@@ -88,11 +96,13 @@ def frames_table(
     cg_xyz_nm: np.ndarray,
     energy_kj_mol: np.ndarray | None = None,
     forces: np.ndarray | None = None,
+    box_nm: np.ndarray | None = None,
 ) -> pa.Table:
-    """Build a frame table. aa_xyz_nm [F, N, 3]; cg_xyz_nm [F, n, 3]; forces [F, N, 3] or None."""
+    """Build a frame table. aa_xyz_nm [F, N, 3]; cg_xyz_nm [F, n, 3]; forces [F, N, 3] or None;
+    box_nm [F, 3, 3] periodic box vectors (nm, rows a, b, c) or None (not periodic)."""
     f, n_atoms, _ = aa_xyz_nm.shape
     n_beads = cg_xyz_nm.shape[1]
-    schema = frame_schema(n_atoms, n_beads)
+    schema = frame_schema(n_atoms, n_beads, box=box_nm is not None)
     cols = [
         pa.array([system] * f, pa.string()),
         pa.array([traj_id] * f, pa.string()),
@@ -102,7 +112,7 @@ def frames_table(
         _fixed(cg_xyz_nm, 3 * n_beads),
         pa.array(energy_kj_mol, pa.float64()) if energy_kj_mol is not None else pa.nulls(f, pa.float64()),
         _fixed(forces, 3 * n_atoms) if forces is not None else pa.nulls(f, schema.field("forces").type),
-    ]
+    ] + ([_fixed(box_nm, 9)] if box_nm is not None else [])
     return pa.Table.from_arrays(cols, schema=schema)
 
 
@@ -144,6 +154,8 @@ class Manifest:
     #: indices and length (nm), from its metadata.json. None: unknown (older manifests, external
     #: trajectories) and then treated as nothing constrained; []: known to be unconstrained.
     constraints: list[list] | None = None
+    #: Periodic frames: every row carries ``box_nm`` [3, 3] (nm) and molecules were made whole before mapping.
+    has_box: bool = False
     schema_version: int = 1
 
     def save(self, folder: str | Path) -> None:
@@ -193,15 +205,21 @@ def read_frames(folder: str | Path, traj_ids: list[str] | None = None) -> dict[s
     """Read frames in-process, sorted by (traj_id, frame).
 
     Returns traj_id [F] (str), frame [F], time_ps [F], aa_xyz_nm [F, N, 3],
-    cg_xyz_nm [F, n, 3], energy_kj_mol [F] (NaN where unknown).
+    cg_xyz_nm [F, n, 3], energy_kj_mol [F] (NaN where unknown), and for a
+    periodic data set (``manifest.has_box``) box_nm [F, 3, 3] (nm).
     """
     man = Manifest.load(folder)
     paths = man.shard_paths(folder, traj_ids)
     if not paths:
         raise ValueError(f"shard folder {folder}: no shard for trajectories {traj_ids}")
-    table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
+    cols = _FRAME_COLUMNS + (["box_nm"] if man.has_box else [])
+    table = pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
     table = table.sort_by([("traj_id", "ascending"), ("frame", "ascending")])
-    return _columns(table, man.n_atoms, man.n_beads)
+    out = _columns(table, man.n_atoms, man.n_beads)
+    if man.has_box:
+        col = table.column("box_nm").combine_chunks()
+        out["box_nm"] = col.values.to_numpy(zero_copy_only=False).reshape(len(table), 3, 3).astype(np.float64)
+    return out
 
 
 def _columns(table: pa.Table, n_atoms: int, n_beads: int) -> dict[str, np.ndarray]:

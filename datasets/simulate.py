@@ -10,6 +10,12 @@ Output folder (written to a temporary sibling and renamed when complete)::
     OUT/replica_000.npz          time_ps [F], potential_kj_mol [F],
                                  forces_kj_mol_nm [F, N, 3] float32, temperature_k [F]
 
+Periodic systems (``ReferenceSystem.periodic``) run in NVT in the system's box
+(PME or the declared method); frames keep molecules whole with their centres
+wrapped into the box, each DCD frame carries its unit cell, and metadata.json
+records ``periodic``, ``box_nm`` [3, 3] and ``nonbonded``. State points are
+separate runs (``temperature_k``) in the same box.
+
 Units: nm, ps, kJ/mol, K.
 """
 
@@ -32,7 +38,7 @@ __all__ = ["SimulationConfig", "run_replica", "simulate", "choose_platform", "re
 
 #: Below this many atoms OpenMM's single-threaded Reference platform with its
 #: native GBSAOBCForce beats the CPU platform (ADP, 22 atoms: ~16x faster here;
-#: chignolin, 138 atoms: about equal).
+#: CLN025 chignolin, 166 atoms in GB-neck2: 8.7 ns/day Reference vs 8.2 CPU on one thread; auto picks CPU).
 REFERENCE_PLATFORM_MAX_ATOMS = 150
 
 
@@ -130,7 +136,10 @@ def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progre
     )
     integrator.setRandomNumberSeed(seed)
     context = mm.Context(system, integrator, platform, props)
-    context.setPositions(ref.positions_nm * u.nanometer)
+    start_nm, start_kind = ref.starting_positions(replica)  # per replica: e.g. chignolin folded / unfolded
+    context.setPositions(start_nm * u.nanometer)
+    if ref.periodic:  # NVT in the system's box (also the System's default box)
+        context.setPeriodicBoxVectors(*(ref.box_nm * u.nanometer))
     mm.LocalEnergyMinimizer.minimize(context)
     context.setVelocitiesToTemperature(cfg.temperature_k * u.kelvin, seed)
     integrator.step(int(round(cfg.equilibration_ps * 1000.0 / cfg.timestep_fs)))
@@ -145,15 +154,21 @@ def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progre
     forces = np.empty((n, ref.n_atoms, 3), dtype=np.float32)
     out_dir = Path(out_dir)
     dcd_path = out_dir / f"replica_{replica:03d}.dcd"
+    cell_a = 10.0 * np.diag(ref.box_nm) if ref.periodic else None  # rectangular boxes (Angstrom)
     with md.formats.DCDTrajectoryFile(str(dcd_path), "w") as dcd:
         done = 0
         for i in range(n):
             integrator.step(cfg.steps_per_frame)
-            state = context.getState(getPositions=True, getEnergy=True, getForces=True)
+            # periodic: molecules kept whole, centres wrapped into the box
+            state = context.getState(getPositions=True, getEnergy=True, getForces=True, enforcePeriodicBox=ref.periodic)
             xyz = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
             if not np.isfinite(xyz).all():
                 raise FloatingPointError(f"replica {replica}: non-finite positions at frame {i}; simulation blew up")
-            dcd.write(10.0 * np.asarray(xyz, dtype=np.float32)[None])  # DCD files hold Angstrom
+            if ref.periodic:  # DCD files hold Angstrom; unit cell per frame
+                dcd.write(10.0 * np.asarray(xyz, dtype=np.float32)[None], cell_lengths=cell_a[None],
+                          cell_angles=np.full((1, 3), 90.0))
+            else:
+                dcd.write(10.0 * np.asarray(xyz, dtype=np.float32)[None])  # DCD files hold Angstrom
             energies[i] = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
             forces[i] = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
             temperatures[i] = 2.0 * state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole) / (dof * kb)
@@ -177,6 +192,7 @@ def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progre
         "observables": f"replica_{replica:03d}.npz",
         "platform": platform_name,
         "mean_temperature_k": float(temperatures.mean()),
+        "start": start_kind,
     }
 
 
@@ -196,7 +212,10 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
         raise FileExistsError(f"out: {out} exists and is not empty (pass overwrite to replace it)")
     ref = get_system(cfg.system)  # fail fast on a bad system, before any task starts
     with atomic_folder(out) as tmp:
-        md.Trajectory(ref.positions_nm[None].astype(np.float32), ref.md_topology).save_pdb(str(tmp / "topology.pdb"))
+        cell = {"unitcell_lengths": np.diag(ref.box_nm)[None], "unitcell_angles": np.full((1, 3), 90.0)} \
+            if ref.periodic else {}
+        md.Trajectory(ref.positions_nm[None].astype(np.float32), ref.md_topology, **cell).save_pdb(
+            str(tmp / "topology.pdb"))
 
         @ray.remote(num_cpus=1)
         def _task(replica: int) -> dict:
@@ -215,6 +234,9 @@ def simulate(cfg: SimulationConfig, out: str | Path, overwrite: bool = False) ->
             "n_atoms": ref.n_atoms,
             "forcefield": ref.definition.get("forcefield"),
             "constraints": cfg.constraints,
+            "periodic": ref.periodic,  # NVT in box_nm ([3, 3] nm, rows a, b, c); DCD frames carry unit cells
+            "box_nm": None if ref.box_nm is None else ref.box_nm.tolist(),
+            "nonbonded": ref.nonbonded,
             "constrained_pairs": constraint_record(ref.create_system(constraints=cfg.constraints)),
             "integrator": "LangevinMiddleIntegrator",
             "config": asdict(cfg),

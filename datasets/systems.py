@@ -1,14 +1,23 @@
 """Reference systems: topology, force field, starting coordinates and CG mappings.
 
 Everything is built locally. ``adp`` reads the alanine dipeptide files that
-openmmtools ships; ``chignolin`` is grown from its sequence by PDBFixer and
-protonated by OpenMM's Modeller; a user system is a small YAML file::
+openmmtools ships; ``chignolin`` is CLN025 read from the 5AWL file shipped in
+``datasets/data`` (starting states: finegrain.datasets.peptides); a ``sequence:``
+system is grown by PDBFixer and protonated by OpenMM's Modeller; a user system is
+a small YAML file::
 
     name: my_peptide
     topology: peptide.pdb          # or a .prmtop (then `coordinates:` .inpcrd)
     forcefield: [amber99sbildn.xml, amber99_obc.xml]   # for PDB topologies
     implicit_solvent: OBC2         # for prmtop topologies (optional)
     mappings: {ca: {per_residue: {select: "name CA"}}}
+    periodic: {nonbonded: PME, cutoff_nm: 1.0, switch_nm: 0.9}   # condensed phase (box from CRYST1)
+
+A ``periodic`` system (``cumene``: a liquid box built by finegrain.datasets.liquids)
+uses the declared Ewald-type method with that cutoff in the topology's box;
+the others have no cutoff (implicit solvent as defined). Mappings may also be
+``per_molecule: {beads: [{name, select, weights}, ...]}``: those beads for
+every residue (molecule), atoms may be shared between beads.
 
 Units: positions in nm.
 """
@@ -27,6 +36,7 @@ import yaml
 
 from finegrain.platform.science.errors import FinegrainError
 from finegrain.platform.science.mapping import CGMapping, MappingError
+from finegrain.platform.science.mapping_formats import MAPPING_FILE_SUFFIXES, mapping_from_file
 from finegrain.platform.science.metrics.features import parse_feature_sets
 
 __all__ = ["ReferenceSystem", "UnknownSystemError", "available_systems", "get_system"]
@@ -68,6 +78,17 @@ class ReferenceSystem:
     def n_atoms(self) -> int:
         return self.topology.getNumAtoms()
 
+    def starting_positions(self, replica: int) -> tuple[np.ndarray, str]:
+        """(positions [n_atoms, 3] nm, kind) where replica ``replica`` starts.
+
+        Without a ``starting_states`` section every replica starts from
+        ``positions_nm`` (kind "given"); with one (chignolin) replicas alternate
+        "folded" / "unfolded" starts, built deterministically (finegrain.datasets.peptides).
+        """
+        from finegrain.datasets.peptides import starting_positions
+
+        return starting_positions(self, replica, self.definition.get("starting_states"))
+
     @property
     def md_topology(self):
         """The topology as an ``mdtraj.Topology``."""
@@ -75,13 +96,40 @@ class ReferenceSystem:
 
         return md.Topology.from_openmm(self.topology)
 
+    @property
+    def periodic(self) -> bool:
+        """True for a condensed-phase system under periodic boundaries (a ``periodic:`` section)."""
+        return bool(self.definition.get("periodic"))
+
+    @property
+    def box_nm(self) -> np.ndarray | None:
+        """Periodic box vectors [3, 3] nm (rows a, b, c) of a periodic system; None otherwise."""
+        import openmm.unit as u
+
+        vectors = self.topology.getPeriodicBoxVectors()
+        if not self.periodic or vectors is None:
+            return None
+        return np.array([v.value_in_unit(u.nanometer) for v in vectors], dtype=np.float64).reshape(3, 3)
+
+    @property
+    def nonbonded(self) -> dict[str, Any]:
+        """The nonbonded treatment: ``{"method": "NoCutoff"}`` or, for a periodic system,
+        ``{"method": "PME" | ..., "cutoff_nm": float, "switch_nm": float | None}``."""
+        per = self.definition.get("periodic")
+        if not per:
+            return {"method": "NoCutoff"}
+        return {"method": str(per.get("nonbonded", "PME")), "cutoff_nm": float(per.get("cutoff_nm", 1.0)),
+                "switch_nm": None if per.get("switch_nm") is None else float(per["switch_nm"])}
+
     def create_system(self, constraints: str | None = "HBonds"):
-        """The OpenMM ``System`` (no cutoff, implicit solvent as defined).
+        """The OpenMM ``System``: no cutoff (implicit solvent as defined) or, for a periodic system,
+        the declared method (PME) with its cutoff (and switching distance) in the topology's box.
 
         constraints : "HBonds" (for dynamics), None (for energies of arbitrary
         frames; constraints never add energy, so both give the same U(x)).
         """
         import openmm.app as app
+        import openmm.unit as u
 
         cons = {None: None, "None": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds, "HAngles": app.HAngles}
         if constraints not in cons:
@@ -94,6 +142,12 @@ class ReferenceSystem:
                 implicitSolvent=getattr(app, solvent) if solvent else None,
             )
         ff = app.ForceField(*self.definition["forcefield"])
+        if self.periodic:
+            nb = self.nonbonded
+            extra = {} if nb["switch_nm"] is None else {"switchDistance": nb["switch_nm"] * u.nanometer}
+            return ff.createSystem(self.topology, nonbondedMethod=getattr(app, nb["method"]),
+                                   nonbondedCutoff=nb["cutoff_nm"] * u.nanometer, constraints=cons[constraints],
+                                   **extra)
         return ff.createSystem(self.topology, nonbondedMethod=app.NoCutoff, constraints=cons[constraints])
 
     @property
@@ -116,15 +170,16 @@ class ReferenceSystem:
         return out
 
     def mapping(self, name_or_path: str | Path) -> CGMapping:
-        """A CG mapping by name (from this system's specs) or from a YAML file."""
+        """A CG mapping by name (from this system's specs) or from a file: a YAML spec, a Martini/backward
+        ``.map`` or a GROMACS ``.ndx`` (default options; see finegrain.platform.science.mapping_formats)."""
         key = str(name_or_path)
         if key in self.mapping_specs:
             return CGMapping.from_spec(self.mapping_specs[key], self.md_topology, name=key)
-        if key.endswith((".yaml", ".yml")) and Path(key).is_file():
-            return CGMapping.from_yaml(key, self.md_topology)
+        if key.lower().endswith(MAPPING_FILE_SUFFIXES) and Path(key).is_file():
+            return mapping_from_file(key, self.md_topology)
         raise MappingError(
             f"mapping: unknown mapping {key!r} for system '{self.name}' "
-            f"(known: {', '.join(self.mapping_specs) or 'none'}; or give a YAML file)"
+            f"(known: {', '.join(self.mapping_specs) or 'none'}; or give a .yaml, .map or .ndx file)"
         )
 
 
@@ -161,15 +216,96 @@ def get_system(name_or_definition: str | Path | dict) -> ReferenceSystem:
         else:
             raise UnknownSystemError(f"system: unknown system {key!r} (built-in: {', '.join(builtins)}; or a YAML file)")
     topology, positions, prmtop = _build(definition, base)
+    if definition.get("periodic"):
+        _check_periodic(definition, topology)
+    specs = dict(definition.get("mappings") or {})
+    if any(isinstance(v, dict) and "per_molecule" in v for v in specs.values()):
+        import mdtraj as md
+
+        md_top = md.Topology.from_openmm(topology)
+        specs = {k: _per_molecule_beads(v, md_top, f"system '{definition['name']}', mapping '{k}'")
+                 if isinstance(v, dict) and "per_molecule" in v else v for k, v in specs.items()}
     return ReferenceSystem(
         name=str(definition["name"]),
         description=str(definition.get("description", "")),
         topology=topology,
         positions_nm=positions,
-        mapping_specs=dict(definition.get("mappings") or {}),
+        mapping_specs=specs,
         definition=definition,
         _prmtop=prmtop,
     )
+
+
+_NONBONDED_PERIODIC = ("PME", "LJPME", "Ewald", "CutoffPeriodic")
+
+
+def _check_periodic(defn: dict, topology) -> None:
+    """A periodic definition needs a known method, a cutoff, and a box (CRYST1) larger than twice the cutoff."""
+    import openmm.unit as u
+
+    name, per = defn.get("name", "?"), defn["periodic"]
+    if not isinstance(per, dict):
+        raise UnknownSystemError(f"system '{name}': periodic: expected a mapping (nonbonded, cutoff_nm, switch_nm)")
+    extra = set(per) - {"nonbonded", "cutoff_nm", "switch_nm"}
+    if extra:
+        raise UnknownSystemError(f"system '{name}': periodic: unknown keys {sorted(extra)}")
+    method = per.get("nonbonded", "PME")
+    if method not in _NONBONDED_PERIODIC:
+        raise UnknownSystemError(f"system '{name}': periodic.nonbonded: expected one of {_NONBONDED_PERIODIC}, "
+                                 f"got {method!r}")
+    cutoff = float(per.get("cutoff_nm", 1.0))
+    switch = per.get("switch_nm")
+    if not cutoff > 0 or (switch is not None and not 0 < float(switch) < cutoff):
+        raise UnknownSystemError(f"system '{name}': periodic: need cutoff_nm > 0 and 0 < switch_nm < cutoff_nm, "
+                                 f"got {cutoff} and {switch}")
+    vectors = topology.getPeriodicBoxVectors()
+    where = (defn.get("files") or {}).get("pdb") or defn.get("topology") or "the topology"
+    if vectors is None:
+        raise UnknownSystemError(f"system '{name}': periodic, but {where} has no box (CRYST1 record)")
+    box = np.array([v.value_in_unit(u.nanometer) for v in vectors]).reshape(3, 3)
+    if min(box[0, 0], box[1, 1], box[2, 2]) < 2 * cutoff:
+        raise UnknownSystemError(f"system '{name}': box {np.diag(box).round(4).tolist()} nm of {where} is smaller "
+                                 f"than twice the cutoff ({cutoff} nm)")
+
+
+def _per_molecule_beads(spec: dict, topology, where: str) -> dict:
+    """Expand ``per_molecule: {beads: [{name, select, weights}, ...]}`` to an explicit ``beads`` spec.
+
+    Every residue (one molecule each) in which every bead's selection matches
+    at least one atom gets all the beads, in order, named ``RESn-NAME``
+    (e.g. ``CUM1-R``); residues matching none are skipped; one matching only
+    some is an error naming it. An atom may belong to several beads (shared
+    atoms, e.g. cumene's CH in both methyl beads of the ``dbm`` mapping).
+    The result is a plain ``beads`` spec with atom indices (CGMapping.from_spec).
+    """
+    body = spec["per_molecule"] or {}
+    beads = body.get("beads") if isinstance(body, dict) else None
+    if not beads or not isinstance(beads, list) or set(body) - {"beads"}:
+        raise MappingError(f"{where}: per_molecule needs exactly a non-empty 'beads' list")
+    chosen = []
+    for k, bead in enumerate(beads):
+        if not isinstance(bead, dict) or "select" not in bead or set(bead) - {"name", "select", "weights"}:
+            raise MappingError(f"{where}: per_molecule bead {k}: expected {{name, select, weights}}, got {bead!r}")
+        try:
+            chosen.append(set(int(i) for i in topology.select(bead["select"])))
+        except Exception as exc:  # mdtraj raises several types for bad DSL
+            raise MappingError(f"{where}: bead {bead.get('name', k)}: invalid selection {bead['select']!r} "
+                               f"({exc})") from exc
+    out = []
+    for res in topology.residues:
+        groups = [[a.index for a in res.atoms if a.index in sel] for sel in chosen]
+        if not any(groups):
+            continue
+        if not all(groups):
+            missing = [str(b.get("name", k)) for k, (b, g) in enumerate(zip(beads, groups)) if not g]
+            raise MappingError(f"{where}: residue {res} matches some beads but not {missing}")
+        for k, (bead, idx) in enumerate(zip(beads, groups)):
+            out.append({"name": f"{res}-{bead.get('name', f'B{k}')}", "atoms": idx,
+                        "weights": bead.get("weights", "geometry")})
+    if not out:
+        raise MappingError(f"{where}: per_molecule matched no residue")
+    rest = {k: v for k, v in spec.items() if k != "per_molecule"}
+    return rest | {"beads": out}
 
 
 def _build(defn: dict, base: Path):

@@ -101,7 +101,7 @@ def simulate(ref, n_frames: int = 8, stride: int = 40, seed: int = 1) -> np.ndar
 class Case:
     """A reference system with MD + perturbed frames and OpenMM's numbers for them."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str | dict):
         from finegrain.datasets.systems import get_system
 
         self.ref = get_system(name)
@@ -112,7 +112,14 @@ class Case:
         self.expected = openmm_reference(self.system, self.frames)
 
 
-@pytest.fixture(scope="module", params=["adp", "chignolin"])
+#: a 166-atom protein with the implicit solvent the torch force field implements (GBSAOBCForce): the CLN025
+#: coordinates shipped for ``chignolin`` under amber99sb-ildn + OBC (``chignolin`` itself uses GB-neck2, a
+#: CustomGBForce the torch force field hands to OpenMM, see test_gbneck2_goes_through_the_openmm_fallback)
+CLN025_OBC = {"name": "cln025-obc", "files": {"package": "finegrain.datasets", "pdb": "data/cln025_5awl.pdb"},
+              "forcefield": ["amber99sbildn.xml", "amber99_obc.xml"]}
+
+
+@pytest.fixture(scope="module", params=["adp", CLN025_OBC], ids=["adp", "cln025-obc"])
 def case(request) -> Case:
     return Case(request.param)
 
@@ -510,3 +517,24 @@ def test_u_max_keeps_overlapping_atoms_finite(adp, dtype):
     u0 = float(adp.expected["total"][0])
     o = energy_model(adp.system, backend="openmm", u_max=u0 - 10.0)
     assert o(torch.tensor(adp.frames[:1])).item() == pytest.approx(u0 - 10.0 + math.log1p(10.0), rel=1e-9)
+
+
+def test_gbneck2_goes_through_the_openmm_fallback():
+    """``chignolin`` (ff14SB + GB-neck2): the torch force field refuses the CustomGBForce by name, and with
+    ``fallback=True`` (what training, evaluation and refinement use) the total equals OpenMM's."""
+    from finegrain.datasets.systems import get_system
+    from finegrain.platform.science.energies import energy_model
+    from finegrain.platform.science.energies.parameters import UnsupportedForceError
+
+    ref = get_system("chignolin")
+    with pytest.raises(UnsupportedForceError, match="CustomGBForce"):
+        energy_model(ref, backend="torch", dtype=torch.float64)
+    model = energy_model(ref, backend="torch", dtype=torch.float64, fallback=True)
+    x = ref.positions_nm[None] + np.random.default_rng(3).normal(0.0, 0.002, (3, ref.n_atoms, 3))
+    expected = openmm_reference(ref.create_system(constraints=None), x)
+    e_ref, f_ref = expected["total"], expected["forces"]
+    pos = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    e = model(pos)
+    (grad,) = torch.autograd.grad(e.sum(), pos)
+    np.testing.assert_allclose(e.detach().numpy(), e_ref, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(-grad.numpy(), f_ref, rtol=1e-5, atol=1e-2)

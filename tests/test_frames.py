@@ -47,7 +47,8 @@ def _small(t: int = 4, n: int = 5, n_beads: int = 2) -> dict:
     rng = np.random.default_rng(0)
     return {"aa_xyz_nm": rng.random((t, n, 3)), "cg_xyz_nm": rng.random((t, n_beads, 3)),
             "traj_id": np.array(["a"] * (t // 2) + ["b"] * (t - t // 2)), "time_ps": np.arange(t, dtype=float),
-            "energy_kj_mol": rng.random(t), "frame": np.arange(t), "samples": rng.random((3, t, n, 3))}
+            "energy_kj_mol": rng.random(t), "frame": np.arange(t), "samples": rng.random((3, t, n, 3)),
+            "box_nm": np.broadcast_to(np.diag(rng.uniform(2.0, 3.0, 3)), (t, 3, 3)).copy()}
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ def _small(t: int = 4, n: int = 5, n_beads: int = 2) -> dict:
     ("cg_xyz_nm", np.zeros((3, 2, 3)), "cg_xyz_nm: holds 3 frames, the other fields 4"),
     ("samples", np.zeros((3, 5, 5, 3)), "samples: holds 5 frames per sample, the other fields 4"),
     ("samples", np.zeros((3, 4, 6, 3)), "samples: has 6 atoms per frame, aa_xyz_nm has 5"),
+    ("box_nm", np.zeros((4, 3)), r"box_nm: expected finite box vectors \[4, 3, 3\]"),
+    ("box_nm", np.full((4, 3, 3), np.nan), r"box_nm: expected finite box vectors"),
 ])
 def test_mismatched_frame_counts_name_the_field(key, value, match):
     d = _small()

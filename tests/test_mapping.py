@@ -116,6 +116,6 @@ def test_chignolin_ca_mapping_has_ten_beads():
     chig = get_system("chignolin")
     m = chig.mapping("ca")
     assert m.n_beads == 10
-    assert "".join(md.Topology.from_openmm(chig.topology).residue(i).code for i in range(10)) == "GYDPETGTWG"
+    assert "".join(md.Topology.from_openmm(chig.topology).residue(i).code for i in range(10)) == "YYDPETGTWY"
     com = chig.mapping("residue_com")
     assert com.matrix.shape == (10, chig.n_atoms)

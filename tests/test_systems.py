@@ -38,11 +38,11 @@ def test_builtin_systems_and_their_force_fields():
         _energy(ref, adp.positions_nm), rel=1e-9)
 
 
-def test_chignolin_is_grown_offline_and_relaxed():
+def test_chignolin_is_cln025_from_5awl_and_relaxed():
     chig = get_system("chignolin")
     top = chig.md_topology
-    assert "".join(r.code for r in top.residues) == "GYDPETGTWG"
-    assert chig.n_atoms == 138  # charged termini, pH 7 protonation
+    assert "".join(r.code for r in top.residues) == "YYDPETGTWY"
+    assert chig.n_atoms == 166  # charged termini, pH 7 protonation
     # minimised: finite, negative potential energy and no bond far from its equilibrium length
     assert _energy(chig.create_system(constraints=None), chig.positions_nm) < 0
     traj = md.Trajectory(chig.positions_nm[None], top)

@@ -18,7 +18,7 @@ from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables.baselines import EnergyMinimisationBackmapper, fit_nullspace
 from finegrain.trainables.persistence import log_backmapper
 from finegrain.trainables.model_config import ModelConfig
-from finegrain.trainables.protocol import split_record
+from finegrain.trainables.protocol import check_family_handles, split_record
 from finegrain.trainables.ray_run import FitResult
 from finegrain.trainables.train_config import (
     DataSection,
@@ -39,7 +39,9 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
     """Fit ``family`` ("nullspace" or "em") on the training split of ``shards``.
 
     The energy-minimisation baseline places atoms with a null-space fit of the
-    same data before its restrained minimisation. With a ``tracker`` the model is
+    same data before its restrained minimisation. A topology of several molecules
+    (a liquid) gets the molecule-wise null-space model (one molecule's model, fitted
+    on every copy; every bead must lie inside one molecule). With a ``tracker`` the model is
     logged (and registered as ``registered_model_name``) in its own MLflow run.
     Returns (backmapper, model URI or None without a tracker).
     """
@@ -49,12 +51,13 @@ def fit_baseline(family: str, shards: str | Path, *, experiment: str = BASELINE_
         raise ValueError(f"family: expected 'nullspace' or 'em', got {family!r}")
     shards = Path(shards)
     man = Manifest.load(shards)
+    check_family_handles(family, man.has_box, f"shards {shards}")
     mapping = CGMapping.from_dict(man.mapping)
     topology = md.load_topology(str(shards / man.topology_pdb))
     splits = split_trajectories(man, fractions, seed)
     train_ids = splits["train"]
     frames = read_frames(shards, train_ids)
-    model = fit_nullspace(frames["aa_xyz_nm"], mapping, topology)
+    model = fit_nullspace(frames["aa_xyz_nm"], mapping, topology, molecule_wise=len(topology.find_molecules()) > 1)
     if family == "em":
         model = EnergyMinimisationBackmapper(topology, mapping, get_system(man.system).definition, placement=model)
     model.training_split = split_record(fractions, seed, splits, man.digest)  # for ``evaluate --split``

@@ -42,7 +42,7 @@ import numpy as np
 
 from finegrain.datasets.systems import get_system
 from finegrain.platform.science.errors import InputError
-from finegrain.platform.science.mapping import CGMapping
+from finegrain.platform.science.mapping import CGMapping, molecule_blocks
 from finegrain.platform.science.superposition import kabsch_rotations
 from finegrain.platform.science.validation import check_xyz
 from finegrain.trainables.protocol import Backmapper
@@ -92,25 +92,32 @@ class NullSpaceBackmapper(Backmapper):
     [3k]; coupling B [3k, 3n] (zero unless mode "conditional"); chol L [3k, 3k]
     (eta = mean_eta + B (y_body - mean_y) + L z, z ~ N(0, I); eta flattened
     atom-major, i.e. eta[j, c] at 3 j + c).
+
+    molecule_wise : the arrays describe one molecule (n, N_at of one molecule's block,
+    :func:`~finegrain.platform.science.mapping.molecule_blocks`), fitted on every copy of it and
+    applied to each molecule in its own body frame: the model of a liquid of one species, where a
+    body frame of the whole box would mean nothing.
     """
 
     family = "nullspace"
     frames_independent = True
 
     def __init__(self, topology, mapping: CGMapping, *, mode: str, reg_nm2: float, y_ref, basis, mean_y,
-                 mean_eta, coupling, chol):
+                 mean_eta, coupling, chol, molecule_wise: bool = False):
         super().__init__(topology, mapping)
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-        self.mode, self.reg_nm2 = mode, float(reg_nm2)
-        n, k = mapping.n_beads, np.asarray(basis).shape[1]
+        self.mode, self.reg_nm2, self.molecule_wise = mode, float(reg_nm2), bool(molecule_wise)
+        self._blocks = molecule_blocks(mapping, topology) if self.molecule_wise else None
+        fitted = self._blocks.molecule if self._blocks is not None else mapping
+        n, k = fitted.n_beads, np.asarray(basis).shape[1]
         self.y_ref = np.asarray(y_ref, np.float64).reshape(n, 3)
-        self.basis = np.asarray(basis, np.float64).reshape(mapping.n_atoms, k)
+        self.basis = np.asarray(basis, np.float64).reshape(fitted.n_atoms, k)
         self.mean_y = np.asarray(mean_y, np.float64).reshape(3 * n)
         self.mean_eta = np.asarray(mean_eta, np.float64).reshape(3 * k)
         self.coupling = np.asarray(coupling, np.float64).reshape(3 * k, 3 * n)
         self.chol = np.asarray(chol, np.float64).reshape(3 * k, 3 * k)
-        self._pinv = mapping.pseudo_inverse()
+        self._pinv = fitted.pseudo_inverse()
 
     @property
     def n_null(self) -> int:
@@ -122,10 +129,22 @@ class NullSpaceBackmapper(Backmapper):
         y = self.check_cg(cg_xyz)
         if n_samples < 1:
             raise InputError(f"n_samples: must be >= 1, got {n_samples}")
+        rng = np.random.default_rng(seed)
+        if self._blocks is None:
+            return self._sample_fitted(y, n_samples, rng, noise_scale)
+        atoms, beads = self._blocks.atoms, self._blocks.beads  # every molecule in its own body frame
+        t, (r, a) = y.shape[0], atoms.shape
+        xm = self._sample_fitted(y[:, beads].reshape(t * r, beads.shape[1], 3), n_samples, rng, noise_scale)
+        out = np.empty((n_samples, t, self.mapping.n_atoms, 3))
+        out[:, :, atoms.reshape(-1)] = xm.reshape(n_samples, t, r * a, 3)
+        return out
+
+    def _sample_fitted(self, y: np.ndarray, n_samples: int, rng, noise_scale: float) -> np.ndarray:
+        """The fitted Gaussian on [T, n, 3] beads of what the arrays describe -> [K, T, N, 3] nm."""
         t, k = y.shape[0], self.n_null
         c, r, yb = _body_frame(y, self.y_ref)
         mean = self.mean_eta + (yb.reshape(t, -1) - self.mean_y) @ self.coupling.T  # [T, 3k]
-        z = np.random.default_rng(seed).standard_normal((n_samples, t, 3 * k))
+        z = rng.standard_normal((n_samples, t, 3 * k))
         eta = (mean[None] + noise_scale * z @ self.chol.T).reshape(n_samples, t, k, 3)
         xb = np.einsum("ib,tbc->tic", self._pinv, yb)[None] + np.einsum("ik,stkc->stic", self.basis, eta)
         return np.einsum("stic,tcj->stij", xb, r) + c[None, :, None, :]
@@ -135,7 +154,7 @@ class NullSpaceBackmapper(Backmapper):
         return self.sample(cg_xyz, n_samples=n_samples, seed=seed)
 
     def _config(self) -> dict[str, Any]:
-        return {"mode": self.mode, "reg_nm2": self.reg_nm2}
+        return {"mode": self.mode, "reg_nm2": self.reg_nm2, "molecule_wise": self.molecule_wise}
 
     def _state(self) -> dict[str, Any]:
         return {"y_ref": self.y_ref, "basis": self.basis, "mean_y": self.mean_y, "mean_eta": self.mean_eta,
@@ -144,15 +163,19 @@ class NullSpaceBackmapper(Backmapper):
     @classmethod
     def _from_saved(cls, topology, mapping, config, state) -> "NullSpaceBackmapper":
         arrays = {k: np.asarray(state[k], dtype=np.float64) for k in ("y_ref", "basis", "mean_y", "mean_eta", "coupling", "chol")}
-        return cls(topology, mapping, mode=config["mode"], reg_nm2=config["reg_nm2"], **arrays)
+        return cls(topology, mapping, mode=config["mode"], reg_nm2=config["reg_nm2"],
+                   molecule_wise=bool(config.get("molecule_wise", False)), **arrays)
 
 
-def fit_nullspace(frames_aa, mapping: CGMapping, topology, mode: str = "conditional", reg_nm2: float = 1e-6) -> NullSpaceBackmapper:
+def fit_nullspace(frames_aa, mapping: CGMapping, topology, mode: str = "conditional", reg_nm2: float = 1e-6,
+                  molecule_wise: bool = False) -> NullSpaceBackmapper:
     """Fit the null-space baseline to training frames.
 
     frames_aa [F, N, 3] nm (F >= 2); mapping with full row rank; mode "full",
     "diagonal" or "conditional"; ``reg_nm2`` (nm^2) is added to the covariance
-    diagonal (keeps it positive definite when F < 3k).
+    diagonal (keeps it positive definite when F < 3k). ``molecule_wise``: fit one
+    molecule's model on all R copies of it (F x R samples; molecules whole, as
+    ingest stores them), see :class:`NullSpaceBackmapper`.
     """
     if mode not in _MODES:
         raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
@@ -161,6 +184,17 @@ def fit_nullspace(frames_aa, mapping: CGMapping, topology, mode: str = "conditio
     x = check_xyz(frames_aa, mapping.n_atoms, "frames_aa").astype(np.float64)
     if x.shape[0] < 2:
         raise InputError(f"frames_aa: need >= 2 frames to fit a Gaussian, got {x.shape[0]}")
+    fitted = mapping
+    if molecule_wise:
+        blocks = molecule_blocks(mapping, topology)
+        fitted = blocks.molecule
+        x = x[:, blocks.atoms].reshape(-1, blocks.atoms.shape[1], 3)
+    arrays = _fit_gaussian(x, fitted, mode, reg_nm2)
+    return NullSpaceBackmapper(topology, mapping, mode=mode, reg_nm2=reg_nm2, molecule_wise=molecule_wise, **arrays)
+
+
+def _fit_gaussian(x: np.ndarray, mapping: CGMapping, mode: str, reg_nm2: float) -> dict[str, np.ndarray]:
+    """The body-frame Gaussian of the module docstring, fitted on x [S, N, 3] nm of ``mapping``'s atoms."""
     basis = mapping.null_space()
     if basis.shape[1] != mapping.n_atoms - mapping.n_beads:
         raise InputError(f"mapping '{mapping.name}': matrix is not of full row rank; the fibre construction needs it")
@@ -186,8 +220,8 @@ def fit_nullspace(frames_aa, mapping: CGMapping, topology, mode: str = "conditio
     cov = 0.5 * (cov + cov.T) + reg_nm2 * np.eye(d)
     w, v = np.linalg.eigh(cov)  # clip tiny negative eigenvalues from round-off, then factor
     chol = np.linalg.cholesky((v * np.clip(w, reg_nm2, None)) @ v.T)
-    return NullSpaceBackmapper(topology, mapping, mode=mode, reg_nm2=reg_nm2, y_ref=y_ref, basis=basis,
-                               mean_y=mean_y, mean_eta=mean_eta, coupling=coupling, chol=chol)
+    return {"y_ref": y_ref, "basis": basis, "mean_y": mean_y, "mean_eta": mean_eta, "coupling": coupling,
+            "chol": chol}
 
 
 class EnergyMinimisationBackmapper(Backmapper):

@@ -32,7 +32,7 @@ from finegrain.platform.science.mapping import CGMapping
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.validation import check_xyz
 
-__all__ = ["Backmapper", "Conformance", "Family", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for",
+__all__ = ["Backmapper", "Conformance", "Family", "check_family_handles", "load_backmapper", "FAMILIES", "TRAINERS", "trainer_for",
            "split_record", "backmapper_from_checkpoint", "load_weights"]
 
 #: what :attr:`Conformance.equivariance` may declare
@@ -92,6 +92,8 @@ class Family:
         returns a ``FitResult`` (backmapper, MLflow run id, model URI, folders).
     options : backmapping options a user may set on a loaded model (attribute names), e.g. the cVAE's
         latent ``prior`` and ``project_cg``; the CLI and Serve check here, never with ``hasattr``.
+    periodic : it models a condensed phase (many molecules in a periodic box, shards with ``box_nm``);
+        training a family that does not on such data is refused with an error saying why.
     conformance : "module:NAME" of its :class:`Conformance`: the capabilities it declares (equivariance,
         frame independence, how closely outputs map onto the CG) and a small-model builder to check them.
         Capabilities are declared, not discovered; a family without one fails the conformance tests.
@@ -102,6 +104,7 @@ class Family:
     fit: str | None = None
     options: tuple[str, ...] = ()
     conformance: str | None = None
+    periodic: bool = False
 
     @property
     def trainable(self) -> bool:
@@ -126,7 +129,7 @@ FAMILIES: dict[str, Family] = {
     "nullspace": Family("finegrain.trainables.baselines:NullSpaceBackmapper",
                         "finegrain.trainables.baseline_fit:BaselineTrainConfig",
                         "finegrain.trainables.baseline_fit:fit_detailed",
-                        conformance="finegrain.trainables.baseline_conformance:NULLSPACE"),
+                        conformance="finegrain.trainables.baseline_conformance:NULLSPACE", periodic=True),
     "em": Family("finegrain.trainables.baselines:EnergyMinimisationBackmapper",
                  "finegrain.trainables.baseline_fit:BaselineTrainConfig", "finegrain.trainables.baseline_fit:fit_detailed",
                  conformance="finegrain.trainables.baseline_conformance:EM"),
@@ -137,6 +140,16 @@ FAMILIES: dict[str, Family] = {
                  "finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed",
                  conformance="finegrain.trainables.ic.conformance:CONFORMANCE"),
 }
+
+def check_family_handles(family: str, periodic: bool, source: str) -> None:
+    """Refuse data a family does not model: a periodic (condensed-phase) data set for a family that does not
+    declare ``periodic`` (InputError naming ``source`` and the families that do)."""
+    if periodic and not FAMILIES[family].periodic:
+        able = ", ".join(name for name, fam in FAMILIES.items() if fam.periodic)
+        raise InputError(f"{source}: a periodic (condensed-phase) data set, but family '{family}' models one "
+                         f"molecule without periodic boundaries (its whole-system voxel grid, graph or internal "
+                         f"coordinates do not see box images); families that handle a periodic box: {able}")
+
 
 #: the trainable families (derived from :data:`FAMILIES`)
 TRAINERS: tuple[str, ...] = tuple(name for name, fam in FAMILIES.items() if fam.trainable)

@@ -42,6 +42,7 @@ from finegrain.platform.services.stack import connect_ray, stack_home, tracking_
 from finegrain.platform.services.tracking import Tracker
 from finegrain.trainables.loop import Cadence, ProgressObserver, StepHooks, StepObserver, notify, run_steps
 from finegrain.trainables.persistence import log_backmapper
+from finegrain.trainables.protocol import check_family_handles
 from finegrain.trainables.run_context import RunContext, loop_config
 from finegrain.trainables.tune_hooks import tune_callbacks
 
@@ -90,6 +91,7 @@ def load_training_data(config) -> TrainingData:
     t, d = config.training, config.data
     shards = Path(d.shards).resolve()
     man = Manifest.load(shards)
+    check_family_handles(config.family or config.FAMILY, man.has_box, f"data.shards {shards}")
     mapping = CGMapping.from_dict(man.mapping)
     topology = md.load_topology(str(shards / man.topology_pdb))
     splits = split_trajectories(man, tuple(d.fractions), d.seed)

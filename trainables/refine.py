@@ -39,7 +39,7 @@ def _energy(system: str | None, device, dtype):
     if not system:
         raise InputError("--refine: the model does not name the system whose force field refines it; give --system")
     try:
-        return energy_model(get_system(system), backend="torch", device=device, dtype=dtype)
+        return energy_model(get_system(system), backend="torch", device=device, dtype=dtype, fallback=True)
     except (UnknownSystemError, ValueError, KeyError) as exc:
         raise InputError(f"--refine: no force field for system {system!r} ({exc})") from None
 

@@ -102,7 +102,7 @@ def remap_shards(src: str | Path, mapping, out: str | Path) -> Path:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "shards").mkdir(parents=True)
-    schema = frame_schema(man.n_atoms, mapping.n_beads)
+    schema = frame_schema(man.n_atoms, mapping.n_beads, box=man.has_box)
     shards = []
     for s in man.shards:
         table = pq.read_table(src / s.path)

@@ -24,6 +24,7 @@ import numpy as np
 from finegrain.datasets.shards import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, Manifest, read_frames, split_trajectories
 from finegrain.datasets.systems import available_systems, get_system
 from finegrain.platform.science.energies import energy_model
+from finegrain.platform.science.energies.openmm_reference import openmm_energies_forces
 from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.frames import Frames
 from finegrain.platform.science.metrics import evaluate_frames, plots
@@ -125,17 +126,33 @@ def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_sampl
 
 
 def _energy_fn(system: str):
-    """Batched float64 torch energies of a reference system, or None when it is not one."""
+    """Batched float64 energies of a reference system (torch; OpenMM for a periodic one, which the torch
+    force field does not evaluate), or None when it is not one."""
     import torch
 
     if system not in available_systems():
         return None
-    model = energy_model(get_system(system), backend="torch", dtype=torch.float64)
+    ref = get_system(system)
+    model = energy_model(ref, backend="openmm", dtype=torch.float64) if ref.periodic else energy_model(
+        ref, backend="torch", dtype=torch.float64, fallback=True)  # GB-neck2 (CustomGBForce) through OpenMM
 
     def fn(xyz: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return np.concatenate([model(torch.as_tensor(xyz[i:i + 1024], dtype=torch.float64)).numpy()
                                    for i in range(0, len(xyz), 1024)])
+
+    return fn
+
+
+def _forces_fn(system: str):
+    """Atomic forces [F, N, 3] kJ/mol/nm of frames [F, N, 3] nm in boxes [F, 3, 3] nm, for a periodic
+    reference system (OpenMM, CPU platform; the condensed-phase force metrics), else None."""
+    if system not in available_systems() or not get_system(system).periodic:
+        return None
+    omm = get_system(system).create_system(constraints=None)
+
+    def fn(xyz: np.ndarray, box_nm: np.ndarray) -> np.ndarray:
+        return openmm_energies_forces(omm, xyz, platform="CPU", box_nm=box_nm)[1]
 
     return fn
 
@@ -240,15 +257,15 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         ref, backmapped = (_with_energies(f, energy_fn) for f in (ref, backmapped))
     try:
         metrics, figures = evaluate_frames(ref, backmapped, bm.topology, bm.mapping, seed=seed, min_frames=min_frames,
-                                           constraints=constraints, **settings)
+                                           constraints=constraints, forces_fn=_forces_fn(system), **settings)
     except ValueError as exc:
         if "min_frames" in str(exc):
             raise InputError(f"reference {reference}: {exc}".replace("min_frames / --min-frames", "--min-frames"))
         raise
 
-    def score(r: Frames, b: Frames) -> dict[str, float]:
+    def score(r: Frames, b: Frames) -> dict[str, float]:  # the condensed-phase metrics carry their own floors
         return evaluate_frames(r, b, bm.topology, bm.mapping, seed=seed, make_figures=False,
-                               constraints=constraints, **settings)[0]
+                               constraints=constraints, condensed=False, **settings)[0]
 
     second = None if floor_reference is None else Frames.from_dict(
         load_reference(floor_reference, bm.mapping, top), topology=bm.topology, mapping=bm.mapping)

@@ -21,7 +21,7 @@ from finegrain.platform.science.validation import check_xyz
 __all__ = ["Frames", "FRAME_KEYS"]
 
 #: The dict keys :meth:`Frames.from_dict` reads and :meth:`Frames.to_dict` writes (= the field names).
-FRAME_KEYS = ("aa_xyz_nm", "cg_xyz_nm", "traj_id", "time_ps", "energy_kj_mol", "frame", "samples")
+FRAME_KEYS = ("aa_xyz_nm", "cg_xyz_nm", "traj_id", "time_ps", "energy_kj_mol", "frame", "samples", "box_nm")
 _PER_FRAME_1D = ("traj_id", "time_ps", "energy_kj_mol", "frame")
 
 
@@ -37,6 +37,8 @@ class Frames:
     - ``energy_kj_mol`` [T] float, kJ/mol: potential energy (NaN where unknown), or None;
     - ``frame`` [T] int: index of the frame in its trajectory (the shards' ``frame`` column), or None;
     - ``samples`` [K, T, N, 3] float, nm: K backmapped samples of each frame, or None;
+    - ``box_nm`` [T, 3, 3] float, nm: periodic box vectors (rows a, b, c) of each frame, or None (not
+      periodic);
     - ``topology``: ``mdtraj.Topology`` of the N atoms, or None;
     - ``mapping``: :class:`~finegrain.platform.science.mapping.CGMapping` [n, N], or None.
 
@@ -54,6 +56,7 @@ class Frames:
     energy_kj_mol: np.ndarray | None = None
     frame: np.ndarray | None = None
     samples: np.ndarray | None = None
+    box_nm: np.ndarray | None = None
     topology: Any = None
     mapping: Any = None
 
@@ -73,6 +76,9 @@ class Frames:
             v = getattr(self, key)
             if v is not None and not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
                 raise InputError(f"{key}: expected numbers, got dtype {v.dtype}")
+        b = self.box_nm
+        if b is not None and (b.shape != (n, 3, 3) or not np.all(np.isfinite(b))):
+            raise InputError(f"box_nm: expected finite box vectors [{n}, 3, 3] (nm), got shape {b.shape}")
         s = self.samples
         if s is not None:
             if s.ndim != 4 or s.shape[-1] != 3:

@@ -30,7 +30,7 @@ import numpy as np
 
 from finegrain.platform.science.errors import FinegrainError
 
-__all__ = ["CGMapping", "MappingError"]
+__all__ = ["CGMapping", "MappingError", "MoleculeBlocks", "molecule_blocks"]
 
 
 class MappingError(FinegrainError, ValueError):
@@ -220,6 +220,62 @@ class CGMapping:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CGMapping":
         return cls(name=d["name"], matrix=np.asarray(d["matrix"], dtype=np.float64), bead_names=tuple(d["bead_names"]))
+
+
+@dataclass(frozen=True, eq=False)
+class MoleculeBlocks:
+    """A mapping that repeats one molecule's block: R copies of an [b, a] sub-matrix.
+
+    atoms : [R, a] int, each molecule's atoms (topology order); beads : [R, b] int, its beads;
+    molecule : the shared one-molecule :class:`CGMapping` ([b, a], the first molecule's bead names).
+    """
+
+    atoms: np.ndarray
+    beads: np.ndarray
+    molecule: CGMapping
+
+    @property
+    def n_molecules(self) -> int:
+        return self.atoms.shape[0]
+
+
+def molecule_blocks(mapping: CGMapping, topology, atol: float = 1e-12) -> MoleculeBlocks:
+    """Split ``mapping`` into identical per-molecule blocks (a liquid of one species, each molecule mapped alike).
+
+    Molecules are the topology's bonded components (``mdtraj.Topology.find_molecules``). Raises
+    :class:`MappingError` naming the bead or molecule when a bead spans two molecules, when a molecule has no
+    bead, or when molecules differ (atom count, elements, or their block of the matrix).
+    """
+    if topology.n_atoms > 1 and topology.n_bonds == 0:
+        raise MappingError(f"mapping '{mapping.name}': the topology has no bonds, so its molecules are unknown "
+                           f"(a PDB of non-standard residues needs CONECT records)")
+    molecules = sorted((sorted(a.index for a in m) for m in topology.find_molecules()), key=lambda m: m[0])
+    m = mapping.matrix
+    owner = np.full(topology.n_atoms, -1)
+    for k, atoms in enumerate(molecules):
+        owner[atoms] = k
+    beads: list[list[int]] = [[] for _ in molecules]
+    for b in range(mapping.n_beads):
+        mols = np.unique(owner[np.flatnonzero(m[b])])
+        if len(mols) != 1:
+            raise MappingError(f"mapping '{mapping.name}': bead {mapping.bead_names[b]!r} spans molecules "
+                               f"{mols.tolist()}; a molecule-wise model needs every bead inside one molecule")
+        beads[int(mols[0])].append(b)
+    first_atoms, first_beads = molecules[0], beads[0]
+    elements = [str(topology.atom(i).element) for i in first_atoms]
+    block = m[np.ix_(first_beads, first_atoms)]
+    for k, (atoms, bk) in enumerate(zip(molecules, beads)):
+        where = f"mapping '{mapping.name}': molecule {k} (first atom {topology.atom(atoms[0])})"
+        if not bk:
+            raise MappingError(f"{where} has no bead")
+        if len(atoms) != len(first_atoms) or len(bk) != len(first_beads):
+            raise MappingError(f"{where} has {len(atoms)} atoms and {len(bk)} beads, molecule 0 has "
+                               f"{len(first_atoms)} and {len(first_beads)}: not one species")
+        if [str(topology.atom(i).element) for i in atoms] != elements or not np.allclose(
+                m[np.ix_(bk, atoms)], block, rtol=0, atol=atol):
+            raise MappingError(f"{where} is not mapped like molecule 0 (elements or weights differ)")
+    molecule = CGMapping(f"{mapping.name}/molecule", block, tuple(mapping.bead_names[b] for b in first_beads))
+    return MoleculeBlocks(np.asarray(molecules, dtype=np.int64), np.asarray(beads, dtype=np.int64), molecule)
 
 
 def _select(topology, selection: str, where: str) -> np.ndarray:

@@ -228,8 +228,9 @@ class _Worker(TrainWorker):
         try:
             # the force field's own cap (pair-distance floor + clamp at U_max) keeps float32 finite
             # for overlapping atoms; L_ENERGY's clamp (eq. 3) is then exact
+            # forces the torch force field does not implement (GB-neck2's CustomGBForce) go through OpenMM
             return energy_model(get_system(self.ctx.system), backend=backend, device=self.device, dtype=torch.float32,
-                                u_max=self.cfg.u_max, cap="clamp", **extra)
+                                u_max=self.cfg.u_max, cap="clamp", **extra, **({"fallback": True} if backend == "torch" else {}))
         except Exception as exc:  # unknown system, unsupported force, ...
             raise ValueError(f"training.energy: no energy model for system {self.ctx.system!r} ({exc}); "
                              f"set training.energy=false to train without L_ENERGY") from exc

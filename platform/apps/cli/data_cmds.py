@@ -81,7 +81,7 @@ def ingest(
 
     from finegrain.datasets.ingest import TrajectorySource, ingest as run, sources_from_simulation
     from finegrain.datasets.systems import get_system
-    from finegrain.platform.science.mapping import CGMapping
+    from finegrain.platform.science.mapping_formats import MAPPING_FILE_SUFFIXES, mapping_from_file
     from finegrain.platform.services.stack import connect_ray
 
     if sim_dir is not None:
@@ -94,12 +94,13 @@ def ingest(
             raise InputError("ingest: give SIM_DIR, or --top with one or more --traj")
         top_path = str(top)
         sources = [TrajectorySource(traj_id=f"{p.stem}-{i:03d}", path=str(Path(p).resolve())) for i, p in enumerate(traj)]
-    if mapping.endswith((".yaml", ".yml")):
-        cg = CGMapping.from_yaml(mapping, md.load_topology(top_path))
+    if mapping.endswith(MAPPING_FILE_SUFFIXES):
+        cg = mapping_from_file(mapping, md.load_topology(top_path))
     elif system is not None:
         cg = get_system(system).mapping(mapping)
     else:
-        raise InputError(f"mapping: {mapping!r} is not a YAML file; name its system with --system")
+        raise InputError(f"mapping: {mapping!r} is not a mapping file ({', '.join(MAPPING_FILE_SUFFIXES)}); "
+                         f"name its system with --system")
     connect_ray()
     man = run(top_path, sources, cg, out, system=system or "custom", chunk_frames=chunk_frames, overwrite=overwrite)
     typer.echo(

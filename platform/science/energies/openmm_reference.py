@@ -42,14 +42,18 @@ def _make_context(system, platform: str):
     return mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(platform))
 
 
-def _evaluate(context, frames: np.ndarray, forces: bool, has_vsites: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Energies [F] (kJ/mol) and forces [F, N, 3] (kJ/mol/nm) of frames [F, N, 3] (nm) on one Context."""
+def _evaluate(context, frames: np.ndarray, forces: bool, has_vsites: bool,
+              box_nm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Energies [F] (kJ/mol) and forces [F, N, 3] (kJ/mol/nm) of frames [F, N, 3] (nm) on one Context
+    (periodic systems: in the boxes box_nm [F, 3, 3] nm when given, else the System's default box)."""
     import openmm.unit as u
 
     kj = u.kilojoule_per_mole
     e = np.empty(len(frames))
     f = np.empty(frames.shape) if forces else None
     for k, x in enumerate(frames):
+        if box_nm is not None:
+            context.setPeriodicBoxVectors(*box_nm[k])
         context.setPositions(x)
         if has_vsites:
             context.computeVirtualSites()
@@ -60,11 +64,21 @@ def _evaluate(context, frames: np.ndarray, forces: bool, has_vsites: bool) -> tu
     return e, f
 
 
-def openmm_energies_forces(system, frames: np.ndarray, platform: str = "Reference") -> tuple[np.ndarray, np.ndarray]:
-    """Plain per-frame OpenMM loop (one Context): energies [B] kJ/mol, forces [B, N, 3] kJ/mol/nm."""
+def openmm_energies_forces(system, frames: np.ndarray, platform: str = "Reference",
+                           box_nm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Plain per-frame OpenMM loop (one Context): energies [B] kJ/mol, forces [B, N, 3] kJ/mol/nm.
+
+    box_nm [B, 3, 3] nm: each frame's periodic box (rows a, b, c) for a periodic ``system``; None: its
+    default box."""
     frames = np.asarray(frames, dtype=np.float64)
+    if box_nm is not None:
+        box_nm = np.asarray(box_nm, dtype=np.float64)
+        if box_nm.shape != (len(frames), 3, 3):
+            raise ValueError(f"box_nm: expected [{len(frames)}, 3, 3] nm, got {box_nm.shape}")
+        if not system.usesPeriodicBoundaryConditions():
+            raise ValueError("box_nm: given for a System without periodic boundary conditions")
     has_vsites = any(system.isVirtualSite(i) for i in range(system.getNumParticles()))
-    return _evaluate(_make_context(system, platform), frames, True, has_vsites)
+    return _evaluate(_make_context(system, platform), frames, True, has_vsites, box_nm)
 
 
 class ContextPool:

@@ -10,6 +10,8 @@ concept:
 - :mod:`.fes` — Ramachandran and TICA free-energy surfaces, KL.
 - :mod:`.kinetics` — k-means states, MSMs, implied timescales, eigenvectors.
 - :mod:`.temporal` — finite-difference velocity distributions, throughput.
+- :mod:`.rdf` — periodic radial distribution functions per type pair, their W1 / JS, floors.
+- :mod:`.forces` — CG-projected atomistic forces and their JS / W1.
 - :mod:`.suite` — :func:`evaluate_frames`, everything at once (+ figures).
 """
 
@@ -31,6 +33,12 @@ from finegrain.platform.science.metrics.fes import (
     ramachandran,
     tica_project,
 )
+from finegrain.platform.science.metrics.forces import (
+    compare_force_distributions,
+    force_map_matrix,
+    force_metrics,
+    project_forces,
+)
 from finegrain.platform.science.metrics.kinetics import (
     DEFAULT_LAG_PS,
     DEFAULT_N_CENTRES,
@@ -38,6 +46,17 @@ from finegrain.platform.science.metrics.kinetics import (
     estimate_msm,
     implied_timescales,
     kinetics_from_features,
+)
+from finegrain.platform.science.metrics.rdf import (
+    RDFCounts,
+    check_box,
+    compare_rdfs,
+    coordination_number,
+    radial_distribution,
+    rdf_counts_by_type,
+    rdf_js,
+    rdf_metrics,
+    rdf_w1,
 )
 from finegrain.platform.science.metrics.structure import (
     ANGLE_EDGES_RAD,
@@ -68,5 +87,8 @@ __all__ = [
     "DEFAULT_LAG_PS", "DEFAULT_N_CENTRES", "compare_msms", "estimate_msm", "implied_timescales", "kinetics_from_features",
     "ANGLE_EDGES_RAD", "BOND_EDGES_NM", "CLASH_THRESHOLD_NM", "DIHEDRAL_EDGES_RAD", "bond_length_errors",
     "cg_rmsd", "clash_fraction", "diversity_rmsd", "internal_js",
+    "compare_force_distributions", "force_map_matrix", "force_metrics", "project_forces",
+    "RDFCounts", "check_box", "compare_rdfs", "coordination_number", "radial_distribution", "rdf_counts_by_type",
+    "rdf_js", "rdf_metrics", "rdf_w1",
     "VELOCITY_EDGES_NM_PS", "frame_velocities", "frames_per_second", "measure_throughput", "velocity_metrics",
 ]

@@ -57,7 +57,7 @@ MIN_BLOCK_FRAMES = 5
 NOT_BOOTSTRAPPED = ("n_frames", "n_frames_bm", "msm_lag_ps", "msm_n_states", "msm_mutual_states", "tica_lag_ps",
                     "frames_per_s", "clash_fraction_ref", "mae_constrained_bond_nm_ref")
 
-_PER_FRAME = ("aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol", "traj_id", "time_ps", "frame")
+_PER_FRAME = ("aa_xyz_nm", "cg_xyz_nm", "energy_kj_mol", "traj_id", "time_ps", "frame", "box_nm")
 
 
 def _n(d: dict | Frames) -> int:

@@ -21,6 +21,7 @@ __all__ = [
     "plot_fes_pair",
     "plot_implied_timescales",
     "plot_velocity_distributions",
+    "plot_rdfs",
 ]
 
 REF_STYLE = {"color": "black", "label": "reference"}
@@ -149,6 +150,42 @@ def plot_velocity_distributions(ref_speeds, bm_speeds, edges, scale: float | Non
     ax.set_xlabel("speed |dx/dt| (nm/ps)")
     ax.set_ylabel("density")
     ax.legend()
+    return fig
+
+
+def plot_rdfs(curves: dict, max_pairs: int = 12, labels: Sequence[str] = ("reference", "generated"),
+              metrics: dict | None = None):
+    """Radial distribution functions g(r), reference vs generated, one panel per type pair.
+
+    curves : {"A-B": {"r": [B] nm, "reference": g [B], "generated": g [B]}} (as returned by
+    :func:`finegrain.platform.science.metrics.rdf.rdf_metrics`); at most ``max_pairs`` panels, in
+    the order given. metrics : optional; ``rdf_w1_nm_<A-B>`` (with its ``_floor``) goes in the title.
+    """
+    names = list(curves)[:max_pairs]
+    n = max(1, len(names))
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig = new_figure(3.0 * cols, 2.4 * rows)
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        c = curves[name]
+        r = np.asarray(c["r"], np.float64)
+        ax.axhline(1.0, color="tab:grey", lw=0.8, ls=":")
+        ax.plot(r, np.asarray(c["reference"], np.float64), color=REF_STYLE["color"], label=labels[0])
+        if c.get("generated") is not None:
+            ax.plot(r, np.asarray(c["generated"], np.float64), color=BM_STYLE["color"], label=labels[1])
+        title = name
+        w1 = (metrics or {}).get(f"rdf_w1_nm_{name}")
+        if w1 is not None:
+            floor = (metrics or {}).get(f"rdf_w1_nm_{name}_floor")
+            title += f"  W1 {w1:.3g} nm" + (f" (floor {floor:.2g})" if floor is not None else "")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("r (nm)", fontsize=8)
+        ax.set_ylabel("g(r)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if k == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("radial distribution functions")
     return fig
 
 

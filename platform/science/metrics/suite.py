@@ -46,8 +46,10 @@ from finegrain.platform.science.errors import InputError
 from finegrain.platform.science.frames import Frames
 from finegrain.platform.science.metrics import plots
 from finegrain.platform.science.metrics import energy as _energy
+from finegrain.platform.science.metrics import forces as _forces
 from finegrain.platform.science.metrics import kinetics as _kin
 from finegrain.platform.science.metrics import landscape as _land
+from finegrain.platform.science.metrics import rdf as _rdf
 from finegrain.platform.science.metrics import structure as _st
 from finegrain.platform.science.metrics import temporal as _tmp
 
@@ -88,11 +90,55 @@ def _as_frames(frames: Frames | dict, argument: str) -> Frames:
         raise InputError(f"{argument}: {exc}") from exc
 
 
+#: frames of each side the condensed-phase metrics use (RDFs of ~1e6 pairs per frame; forces need the
+#: force field per frame)
+CONDENSED_MAX_FRAMES = 100
+#: kJ/mol/nm standing in for a non-finite force (atoms on top of each other)
+_FORCE_CEILING = 1e9
+
+
+def _evenly(n: int, most: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)) if n else np.zeros(0, int)
+
+
+def _condensed_metrics(ref, box_ref, tid_ref, bm, box_bm, tid_bm, topology, mapping, forces_fn, most: int,
+                       seed: int, make_figures: bool) -> tuple[dict[str, float], dict]:
+    """RDF (atoms by element, beads by type; intermolecular) and CG-force metrics; see :func:`evaluate_frames`."""
+    r, g = _evenly(len(ref), most), _evenly(len(bm), most)
+    tr = None if tid_ref is None else np.asarray(tid_ref)[r]
+    tg = None if tid_bm is None else np.asarray(tid_bm)[g]
+    box_r, box_g = _rdf.check_box(box_ref, len(ref), "reference box_nm")[r], _rdf.check_box(box_bm, len(bm), "box_nm")[g]
+    molecules = _rdf.molecule_ids(topology)
+    out: dict[str, float] = {}
+    figs: dict = {}
+    for prefix, x_r, x_g, labels, mols in (
+            ("aa_", ref[r], bm[g], _rdf.element_labels(topology), molecules),
+            ("cg_", mapping.map(ref[r].astype(np.float64)), mapping.map(bm[g].astype(np.float64)),
+             _rdf.bead_type_labels(mapping), _rdf.bead_molecule_ids(mapping, molecules))):
+        met, curves = _rdf.rdf_metrics(x_r, box_r, x_g, box_g, labels, molecules=mols, traj_id_ref=tr,
+                                       traj_id_gen=tg, seed=seed)
+        out.update({prefix + k: v for k, v in met.items()})
+        if make_figures and curves:
+            figs[prefix + "rdf"] = plots.plot_rdfs(curves, metrics=met)
+    if forces_fn is not None and (mapping.matrix != 0).sum(axis=0).max() <= 1:  # the force map needs disjoint beads
+        f_r, f_g = forces_fn(ref[r].astype(np.float64), box_r), forces_fn(bm[g].astype(np.float64), box_g)
+        out["cg_force_nonfinite_fraction"] = float(np.mean(~np.isfinite(f_g)))
+        # overlapping atoms overflow the force field: they count as the largest forces (the histograms' last bins)
+        f_g = np.nan_to_num(f_g, nan=_FORCE_CEILING, posinf=_FORCE_CEILING, neginf=-_FORCE_CEILING)
+        met = _forces.force_metrics(f_r, f_g, mapping, bead_types=_rdf.bead_type_labels(mapping), traj_id_ref=tr,
+                                    traj_id_gen=tg, seed=seed)
+        out.update({"cg_" + k: v for k, v in met.items()})
+    return out, figs
+
+
 def evaluate_frames(reference: Frames | dict, backmapped: Frames | dict, topology=None, mapping=None, features=(), *,
                     lag_ps: float | None = None, n_centres: int | None = None, min_frames: int = 0, kinetics=None,
                     n_timescales: int = _kin.N_TIMESCALES, dt_ps: float | None = None,
                     energy_fn: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0,
-                    make_figures: bool = True, constraints=None) -> tuple[dict[str, float], dict]:
+                    make_figures: bool = True, constraints=None,
+                    forces_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                    condensed: bool = True, condensed_max_frames: int = CONDENSED_MAX_FRAMES
+                    ) -> tuple[dict[str, float], dict]:
     """Compare backmapped with reference AA frames; returns (metrics, figures).
 
     reference, backmapped : :class:`~finegrain.platform.science.frames.Frames` (dicts with its keys are
@@ -113,6 +159,15 @@ def evaluate_frames(reference: Frames | dict, backmapped: Frames | dict, topolog
     indices, r0 [C] nm) or rows [C, 3] (i, j, r0 nm) as in the shard manifest;
     None (unknown or none): every bond is scored by the JS.
     figures : {name: matplotlib Figure} (empty when ``make_figures`` is False).
+
+    Periodic frames (the reference carries ``box_nm``; the backmapped frames their own or, paired, the
+    reference's) add the condensed-phase metrics of Stieffenhofer, Wand and Bereau (2020, Adversarial
+    reverse mapping of equilibrated condensed-phase molecular structures): intermolecular radial
+    distribution functions per element pair (``aa_rdf_*``) and per bead type (``cg_rdf_*``) with their
+    floors, and, given ``forces_fn`` ([F, N, 3] nm, box [F, 3, 3] nm -> [F, N, 3] kJ/mol/nm, the same
+    force field for both), the distributions of CG-projected forces (``cg_force_*``), on at most
+    ``condensed_max_frames`` evenly spaced frames of each side; they carry their own floors and intervals,
+    so a caller that bootstraps this function passes ``condensed=False`` to its replicates.
     """
     reference, backmapped = _as_frames(reference, "reference"), _as_frames(backmapped, "backmapped")
     if reference.aa_xyz_nm is None:
@@ -166,6 +221,17 @@ def evaluate_frames(reference: Frames | dict, backmapped: Frames | dict, topolog
     m["clash_fraction_ref"] = _st.clash_fraction(ref, topology)
     m["clash_score"] = _st.clash_score(bm, topology)
 
+    # condensed phase: RDFs and CG-projected forces under periodic boundaries
+    box_bm = backmapped.box_nm if backmapped.box_nm is not None else (reference.box_nm if paired else None)
+    if condensed and reference.box_nm is not None:
+        if box_bm is None:
+            raise InputError("backmapped: periodic reference frames, but the backmapped frames carry no box_nm "
+                             "and are not paired with the reference")
+        cond, cond_figs = _condensed_metrics(ref, reference.box_nm, ref_tid, bm, box_bm, bm_tid, topology, mapping,
+                                             forces_fn, condensed_max_frames, seed, make_figures)
+        m.update(cond)
+        figs.update(cond_figs)
+
     # energies
     e_ref, e_bm = _energies(reference, ref, energy_fn), _energies(backmapped, bm, energy_fn)
     if e_ref is not None and e_bm is not None:
@@ -187,8 +253,8 @@ def evaluate_frames(reference: Frames | dict, backmapped: Frames | dict, topolog
     figs.update(land_figs)
 
     # temporal coherence
-    v_ref = _tmp.frame_velocities(ref, ref_tid, ref_time, dt_ps=dt)
-    v_bm = _tmp.frame_velocities(bm, bm_tid, bm_time, dt_ps=dt_bm)
+    v_ref = _tmp.frame_velocities(ref, ref_tid, ref_time, dt_ps=dt, box_nm=reference.box_nm)
+    v_bm = _tmp.frame_velocities(bm, bm_tid, bm_time, dt_ps=dt_bm, box_nm=box_bm)
     vel = _tmp.velocity_metrics(v_ref, v_bm)
     m.update(vel)
     if vel and make_figures:

@@ -34,12 +34,23 @@ __all__ = [
 VELOCITY_EDGES_NM_PS = np.linspace(0.0, 3.0, 301)
 
 
-def frame_velocities(xyz, traj_id=None, time_ps=None, dt_ps: float = 1.0) -> np.ndarray:
+def minimum_image(d, box_nm) -> np.ndarray:
+    """Displacements d [F, M, 3] nm to their minimum image in boxes box_nm [F, 3, 3] nm (rows a, b, c).
+
+    Reduced (fractional) coordinates rounded to the nearest lattice point; exact for any box when
+    |d| is below half the shortest box height (a frame-to-frame step of a liquid)."""
+    frac = np.einsum("fmj,fjk->fmk", d, np.linalg.inv(box_nm))
+    return d - np.einsum("fmk,fkj->fmj", np.round(frac), box_nm)
+
+
+def frame_velocities(xyz, traj_id=None, time_ps=None, dt_ps: float = 1.0, box_nm=None) -> np.ndarray:
     """Per-atom finite-difference speeds (nm/ps), pooled: [M] with M = sum_traj (T - 1) * N.
 
     xyz [F, N, 3] nm, frames of each trajectory consecutive and in time order;
     traj_id [F] separates trajectories (no difference across a boundary);
-    time_ps [F] gives the time step per pair (else ``dt_ps`` for all).
+    time_ps [F] gives the time step per pair (else ``dt_ps`` for all);
+    box_nm [F, 3, 3] nm (periodic frames): each displacement is taken to its minimum image in the later
+    frame's box, so a molecule wrapped back into the box between frames does not jump by a box vector.
     """
     xyz = check_frames(xyz, "xyz").astype(np.float64)
     if time_ps is not None:
@@ -52,7 +63,10 @@ def frame_velocities(xyz, traj_id=None, time_ps=None, dt_ps: float = 1.0) -> np.
     for idx in split_trajectories(xyz.shape[0], traj_id):
         if idx.size < 2:
             continue
-        step = np.linalg.norm(np.diff(xyz[idx], axis=0), axis=-1)  # [T-1, N]
+        d = np.diff(xyz[idx], axis=0)  # [T-1, N, 3]
+        if box_nm is not None:
+            d = minimum_image(d, np.asarray(box_nm, np.float64)[idx][1:])
+        step = np.linalg.norm(d, axis=-1)  # [T-1, N]
         dt = np.diff(time_ps[idx])[:, None] if time_ps is not None else dt_ps
         if np.any(np.asarray(dt) <= 0):
             raise ValueError("time_ps: must increase within each trajectory")
