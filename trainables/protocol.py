@@ -147,8 +147,8 @@ def check_family_handles(family: str, periodic: bool, source: str) -> None:
     if periodic and not FAMILIES[family].periodic:
         able = ", ".join(name for name, fam in FAMILIES.items() if fam.periodic)
         raise InputError(f"{source}: a periodic (condensed-phase) data set, but family '{family}' models one "
-                         f"molecule without periodic boundaries (its whole-system voxel grid, graph or internal "
-                         f"coordinates do not see box images); families that handle a periodic box: {able}")
+                         f"molecule without periodic boundaries (it does not declare Family.periodic: its inputs "
+                         f"do not see box images); families that handle a periodic box: {able}")
 
 
 #: the trainable families (derived from :data:`FAMILIES`)
