@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
-from finegrain.platform.science.errors import InputError
 
 __all__ = ["LiquidBuild", "CUMENE_ATOMS", "cumene_molecule_nm", "lattice_positions_nm", "cumene_topology", "build_cumene_liquid",
            "density_g_cm3", "write_pdb", "main"]
@@ -51,9 +53,13 @@ LATTICE_NM = 1.0
 _AVOGADRO = 6.02214076e23
 
 
-@dataclass(frozen=True)
+_Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class LiquidBuild:
-    """How a cumene box is built (defaults: the shipped box).
+    """How a cumene box is built (defaults: the shipped box); validated by pydantic (a ValueError naming the field).
 
     n_molecules : molecules (21 atoms each). density_g_cm3 : compression target
     (experiment, 300 K: 0.86). cutoff_nm : PME real-space/LJ cutoff (switch at
@@ -66,38 +72,27 @@ class LiquidBuild:
     platform : OpenMM platform (Reference for tests; CPU threads ``threads``).
     """
 
-    n_molecules: int = 125
+    n_molecules: Annotated[int, Field(ge=1)] = 125
     seed: int = 0
-    temperature_k: float = 300.0
-    pressure_bar: float = 1.0
-    density_g_cm3: float = 0.86
-    cutoff_nm: float = 1.0
-    compress_stages: int = 10
-    stage_ps: float = 0.2
-    npt_ps: float = 6.0
-    nvt_ps: float = 4.0
-    box_from: str = "target"
-    timestep_fs: float = 2.0
+    temperature_k: _Positive = 300.0
+    pressure_bar: _Positive = 1.0
+    density_g_cm3: _Positive = 0.86
+    cutoff_nm: _Positive = 1.0
+    compress_stages: Annotated[int, Field(ge=1)] = 10
+    stage_ps: _NonNegative = 0.2
+    npt_ps: _NonNegative = 6.0
+    nvt_ps: _NonNegative = 4.0
+    box_from: Literal["target", "npt"] = "target"
+    timestep_fs: _Positive = 2.0
     platform: str = "CPU"
-    threads: int = 0  # 0: OpenMM's default
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: OpenMM's default
 
     def __post_init__(self) -> None:
-        for key in ("n_molecules", "compress_stages"):
-            if getattr(self, key) < 1:
-                raise InputError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        for key in ("temperature_k", "pressure_bar", "density_g_cm3", "cutoff_nm", "timestep_fs"):
-            if not getattr(self, key) > 0:
-                raise InputError(f"{key}: must be > 0, got {getattr(self, key)}")
-        if self.box_from not in ("target", "npt"):
-            raise InputError(f"box_from: expected 'target' or 'npt', got {self.box_from!r}")
         if self.box_from == "npt" and self.npt_ps <= 0:
-            raise InputError("box_from: 'npt' needs npt_ps > 0")
-        for key in ("stage_ps", "npt_ps", "nvt_ps"):
-            if not getattr(self, key) >= 0:
-                raise InputError(f"{key}: must be >= 0, got {getattr(self, key)}")
+            raise ValueError("box_from: 'npt' needs npt_ps > 0")
         box = self.target_box_nm
         if box < 2.1 * self.cutoff_nm:
-            raise InputError(f"n_molecules: {self.n_molecules} molecules at {self.density_g_cm3} g/cm^3 make a "
+            raise ValueError(f"n_molecules: {self.n_molecules} molecules at {self.density_g_cm3} g/cm^3 make a "
                              f"{box:.3f} nm box, less than 2.1 x cutoff_nm ({self.cutoff_nm} nm); add molecules "
                              f"or lower the cutoff")
 
@@ -358,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.pop("out")
     try:
         cfg = LiquidBuild(**args)
-    except InputError as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     top, xyz, box, info = build_cumene_liquid(cfg, log=lambda m: print(m, flush=True))
