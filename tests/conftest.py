@@ -67,15 +67,15 @@ def adp_shards(adp_sim, tmp_path_factory) -> Path:
 def chignolin_sim(stack, tmp_path_factory) -> Path:
     """Two very short chignolin (CLN025, 166 atoms) replicas through Ray (20 frames each, 1 ps apart, OpenMM
     CPU platform): replica 0 starts folded (5AWL), replica 1 from an unfolded state made with a 0.1 ps
-    hot run and 20 minimiser iterations instead of the built-in 20 ps and full minimisation (seconds, not
-    minutes, on the Reference platform)."""
+    hot run and 20 minimiser iterations instead of the built-in unfolding (5 ps chunks at 800 K until the
+    C-alpha RMSD to 5AWL is >= 0.45 nm: minutes) and full minimisation: seconds on the Reference platform."""
     from finegrain.datasets.simulate import SimulationConfig, simulate
     from finegrain.datasets.systems import available_systems
 
     out = tmp_path_factory.mktemp("chignolin-sim") / "sim"
     chig = dict(available_systems()["chignolin"], name="chignolin")
     chig["starting_states"] = dict(chig["starting_states"], unfold=dict(chig["starting_states"]["unfold"], ps=0.1,
-                                                                           max_iterations=20))
+                                                                           min_ca_rmsd_nm=0.0, max_iterations=20))
     cfg = SimulationConfig(chig, ns=0.02, replicas=2, seed=11, equilibration_ps=0.5, platform="CPU")
     return simulate(cfg, out)
 
