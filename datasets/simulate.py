@@ -154,6 +154,8 @@ def run_replica(cfg: SimulationConfig, replica: int, out_dir: str | Path, progre
     forces = np.empty((n, ref.n_atoms, 3), dtype=np.float32)
     out_dir = Path(out_dir)
     dcd_path = out_dir / f"replica_{replica:03d}.dcd"
+    if ref.periodic and not np.allclose(ref.box_nm, np.diag(np.diag(ref.box_nm))):
+        raise ValueError(f"system '{ref.name}': a triclinic box; simulate writes rectangular unit cells only")
     cell_a = 10.0 * np.diag(ref.box_nm) if ref.periodic else None  # rectangular boxes (Angstrom)
     with md.formats.DCDTrajectoryFile(str(dcd_path), "w") as dcd:
         done = 0
