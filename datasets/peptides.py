@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finegrain.platform.science.errors import FinegrainError
+
 __all__ = [
     "FOLDED_CA_RMSD_NM",
     "CLN025_PDB",
@@ -45,7 +47,7 @@ CLN025_PDB = "data/cln025_5awl.pdb"
 _KINDS = ("folded", "unfolded")
 
 
-class StartingStateError(ValueError):
+class StartingStateError(FinegrainError, ValueError):
     """A starting-state request that cannot be met."""
 
 
