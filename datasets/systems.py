@@ -16,8 +16,8 @@ a small YAML file::
 A ``periodic`` system (``cumene``: a liquid box built by finegrain.datasets.liquids)
 uses the declared Ewald-type method with that cutoff in the topology's box;
 the others have no cutoff (implicit solvent as defined). Mappings may also be
-``per_molecule: {beads: [{name, select, weights}, ...]}``: those beads for
-every residue (molecule), atoms may be shared between beads.
+``per_molecule: {beads: [{name, select, weights}, ...]}`` (CGMapping.from_spec):
+those beads for every residue (molecule); atoms may be shared between beads.
 
 Units: positions in nm.
 """
@@ -219,12 +219,6 @@ def get_system(name_or_definition: str | Path | dict) -> ReferenceSystem:
     if definition.get("periodic"):
         _check_periodic(definition, topology)
     specs = dict(definition.get("mappings") or {})
-    if any(isinstance(v, dict) and "per_molecule" in v for v in specs.values()):
-        import mdtraj as md
-
-        md_top = md.Topology.from_openmm(topology)
-        specs = {k: _per_molecule_beads(v, md_top, f"system '{definition['name']}', mapping '{k}'")
-                 if isinstance(v, dict) and "per_molecule" in v else v for k, v in specs.items()}
     return ReferenceSystem(
         name=str(definition["name"]),
         description=str(definition.get("description", "")),
@@ -266,46 +260,6 @@ def _check_periodic(defn: dict, topology) -> None:
     if min(box[0, 0], box[1, 1], box[2, 2]) < 2 * cutoff:
         raise UnknownSystemError(f"system '{name}': box {np.diag(box).round(4).tolist()} nm of {where} is smaller "
                                  f"than twice the cutoff ({cutoff} nm)")
-
-
-def _per_molecule_beads(spec: dict, topology, where: str) -> dict:
-    """Expand ``per_molecule: {beads: [{name, select, weights}, ...]}`` to an explicit ``beads`` spec.
-
-    Every residue (one molecule each) in which every bead's selection matches
-    at least one atom gets all the beads, in order, named ``RESn-NAME``
-    (e.g. ``CUM1-R``); residues matching none are skipped; one matching only
-    some is an error naming it. An atom may belong to several beads (shared
-    atoms, e.g. cumene's CH in both methyl beads of the ``dbm`` mapping).
-    The result is a plain ``beads`` spec with atom indices (CGMapping.from_spec).
-    """
-    body = spec["per_molecule"] or {}
-    beads = body.get("beads") if isinstance(body, dict) else None
-    if not beads or not isinstance(beads, list) or set(body) - {"beads"}:
-        raise MappingError(f"{where}: per_molecule needs exactly a non-empty 'beads' list")
-    chosen = []
-    for k, bead in enumerate(beads):
-        if not isinstance(bead, dict) or "select" not in bead or set(bead) - {"name", "select", "weights"}:
-            raise MappingError(f"{where}: per_molecule bead {k}: expected {{name, select, weights}}, got {bead!r}")
-        try:
-            chosen.append(set(int(i) for i in topology.select(bead["select"])))
-        except Exception as exc:  # mdtraj raises several types for bad DSL
-            raise MappingError(f"{where}: bead {bead.get('name', k)}: invalid selection {bead['select']!r} "
-                               f"({exc})") from exc
-    out = []
-    for res in topology.residues:
-        groups = [[a.index for a in res.atoms if a.index in sel] for sel in chosen]
-        if not any(groups):
-            continue
-        if not all(groups):
-            missing = [str(b.get("name", k)) for k, (b, g) in enumerate(zip(beads, groups)) if not g]
-            raise MappingError(f"{where}: residue {res} matches some beads but not {missing}")
-        for k, (bead, idx) in enumerate(zip(beads, groups)):
-            out.append({"name": f"{res}-{bead.get('name', f'B{k}')}", "atoms": idx,
-                        "weights": bead.get("weights", "geometry")})
-    if not out:
-        raise MappingError(f"{where}: per_molecule matched no residue")
-    rest = {k: v for k, v in spec.items() if k != "per_molecule"}
-    return rest | {"beads": out}
 
 
 def _build(defn: dict, base: Path):

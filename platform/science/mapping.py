@@ -5,13 +5,14 @@ x, y and z: ``y[b] = sum_i C[b, i] x[i]``. Slices, centres of mass, centres of
 geometry and explicit weights are all rows of that matrix. Rows sum to one,
 so the map commutes with translations.
 
-Spec language (YAML or dict), one of three forms::
+Spec language (YAML or dict), one of four forms::
 
     beads:                       # explicit beads
       - {name: CA2, select: "resname ALA and name CA"}   # mdtraj selection
       - {name: X, atoms: [0, "ALA2-CB"], weights: mass}  # indices / atom names
     per_residue: {select: "name CA", weights: geometry}  # one bead per residue
     per_atom: {select: "not element H"}                  # one bead per atom
+    per_molecule: {beads: [{name: R, select: "name CA1 CA2", weights: mass}]}  # these beads in every residue
 
 ``weights`` is ``mass`` (centre of mass), ``geometry`` (centre of geometry,
 the default) or a list of numbers (normalised to sum to one).
@@ -85,12 +86,13 @@ class CGMapping:
         """Build from a spec dict (see module docstring) and an mdtraj Topology."""
         if not isinstance(spec, dict):
             raise MappingError(f"mapping '{name}': spec must be a mapping, got {type(spec).__name__}")
-        forms = [k for k in ("beads", "per_residue", "per_atom") if k in spec]
+        forms = [k for k in ("beads", "per_residue", "per_atom", "per_molecule") if k in spec]
         if len(forms) != 1:
-            raise MappingError(
-                f"mapping '{name}': spec needs exactly one of 'beads', 'per_residue', 'per_atom'; got {sorted(spec)}"
-            )
+            raise MappingError(f"mapping '{name}': spec needs exactly one of 'beads', 'per_residue', 'per_atom', "
+                               f"'per_molecule'; got {sorted(spec)}")
         form = forms[0]
+        if form == "per_molecule":  # the same beads in every molecule: an explicit ``beads`` spec
+            spec, form = _per_molecule_beads(spec, topology, f"mapping '{name}'"), "beads"
         masses = np.array([a.element.mass if a.element is not None else 0.0 for a in topology.atoms])
         rows: list[np.ndarray] = []
         names: list[str] = []
@@ -276,6 +278,46 @@ def molecule_blocks(mapping: CGMapping, topology, atol: float = 1e-12) -> Molecu
             raise MappingError(f"{where} is not mapped like molecule 0 (elements or weights differ)")
     molecule = CGMapping(f"{mapping.name}/molecule", block, tuple(mapping.bead_names[b] for b in first_beads))
     return MoleculeBlocks(np.asarray(molecules, dtype=np.int64), np.asarray(beads, dtype=np.int64), molecule)
+
+
+def _per_molecule_beads(spec: dict, topology, where: str) -> dict:
+    """Expand ``per_molecule: {beads: [{name, select, weights}, ...]}`` to an explicit ``beads`` spec.
+
+    Every residue (one molecule each) in which every bead's selection matches
+    at least one atom gets all the beads, in order, named ``RESn-NAME``
+    (e.g. ``CUM1-R``); residues matching none are skipped; one matching only
+    some is an error naming it. An atom may belong to several beads (shared
+    atoms, e.g. cumene's CH in both methyl beads of the ``dbm`` mapping).
+    The result is a plain ``beads`` spec with atom indices (CGMapping.from_spec).
+    """
+    body = spec["per_molecule"] or {}
+    beads = body.get("beads") if isinstance(body, dict) else None
+    if not beads or not isinstance(beads, list) or set(body) - {"beads"}:
+        raise MappingError(f"{where}: per_molecule needs exactly a non-empty 'beads' list")
+    chosen = []
+    for k, bead in enumerate(beads):
+        if not isinstance(bead, dict) or "select" not in bead or set(bead) - {"name", "select", "weights"}:
+            raise MappingError(f"{where}: per_molecule bead {k}: expected {{name, select, weights}}, got {bead!r}")
+        try:
+            chosen.append(set(int(i) for i in topology.select(bead["select"])))
+        except Exception as exc:  # mdtraj raises several types for bad DSL
+            raise MappingError(f"{where}: bead {bead.get('name', k)}: invalid selection {bead['select']!r} "
+                               f"({exc})") from exc
+    out = []
+    for res in topology.residues:
+        groups = [[a.index for a in res.atoms if a.index in sel] for sel in chosen]
+        if not any(groups):
+            continue
+        if not all(groups):
+            missing = [str(b.get("name", k)) for k, (b, g) in enumerate(zip(beads, groups)) if not g]
+            raise MappingError(f"{where}: residue {res} matches some beads but not {missing}")
+        for k, (bead, idx) in enumerate(zip(beads, groups)):
+            out.append({"name": f"{res}-{bead.get('name', f'B{k}')}", "atoms": idx,
+                        "weights": bead.get("weights", "geometry")})
+    if not out:
+        raise MappingError(f"{where}: per_molecule matched no residue")
+    rest = {k: v for k, v in spec.items() if k != "per_molecule"}
+    return rest | {"beads": out}
 
 
 def _select(topology, selection: str, where: str) -> np.ndarray:
