@@ -147,9 +147,10 @@ def _energy_fn(system: str):
 def _forces_fn(system: str):
     """Atomic forces [F, N, 3] kJ/mol/nm of frames [F, N, 3] nm in boxes [F, 3, 3] nm, for a periodic
     reference system (OpenMM, CPU platform; the condensed-phase force metrics), else None."""
-    if system not in available_systems() or not get_system(system).periodic:
+    ref = get_system(system) if system in available_systems() else None
+    if ref is None or not ref.periodic:
         return None
-    omm = get_system(system).create_system(constraints=None)
+    omm = ref.create_system(constraints=None)
 
     def fn(xyz: np.ndarray, box_nm: np.ndarray) -> np.ndarray:
         return openmm_energies_forces(omm, xyz, platform="CPU", box_nm=box_nm)[1]
