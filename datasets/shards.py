@@ -273,7 +273,8 @@ def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.
     frames: columns as returned by :func:`read_frames` (any order). A pair is
     made only when both frames share ``traj_id`` and their ``frame`` indices
     differ by exactly ``lag``. Returns aa_prev [P, N, 3], cg [P, n, 3], aa [P, N, 3],
-    traj_id [P], frame [P] (index of frame t).
+    traj_id [P], frame [P] (index of frame t), and box [P, 3, 3] nm (frame t's) when
+    ``frames`` has ``box_nm``.
     """
     if lag < 1:
         raise ValueError(f"lag: must be >= 1, got {lag}")
@@ -292,7 +293,7 @@ def temporal_pairs(frames: dict[str, np.ndarray], lag: int = 1) -> dict[str, np.
         "aa": frames["aa_xyz_nm"][cur_rows],
         "traj_id": np.asarray(frames["traj_id"])[cur_rows],
         "frame": np.asarray(frames["frame"])[cur_rows],
-    }
+    } | ({"box": np.asarray(frames["box_nm"])[cur_rows]} if frames.get("box_nm") is not None else {})
 
 
 def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: int = DEFAULT_SPLIT_SEED,
@@ -300,7 +301,8 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
     """A Ray Dataset of temporal pairs for one split (for ``get_dataset_shard``).
 
     Columns: aa_prev, cg, aa (flat float32, reshape with
-    :func:`unflatten_pair_batch`) and frame (index of frame t). Each task reads
+    :func:`unflatten_pair_batch`), frame (index of frame t) and, for a periodic
+    data set, box (frame t's box vectors, flat [9] nm). Each task reads
     one trajectory's shards, so pairs never cross a trajectory and do span
     shard edges. With ``shuffle_seed`` the rows come globally shuffled over
     every trajectory of the split: each row gets a pseudo-random key, a
@@ -323,44 +325,55 @@ def pair_dataset(folder: str | Path, split: str = "train", lag: int = 1, seed: i
     if shuffle_seed is None:
         items = [{"traj_id": t, "paths": man.shard_paths(folder, [t])} for t in ids]
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _TrajectoryPairs(n_atoms, n_beads, lag), batch_size=1, batch_format="pyarrow", zero_copy_batch=True)
+            _TrajectoryPairs(n_atoms, n_beads, lag, man.has_box), batch_size=1, batch_format="pyarrow", zero_copy_batch=True)
     # K blocks, each a key-ordered random 1/K of every trajectory's pairs (map tasks only: no Ray Data shuffle,
     # whose memory requests do not fit a Tune trial's placement group)
     parts = max(1, min(16, len(ids)))
     trajs = [man.shard_paths(folder, [t]) for t in ids]
     items = [{"part": k, "parts": parts, "trajs": trajs} for k in range(parts)]
     return ray.data.from_items(items, override_num_blocks=parts).map_batches(
-        _ShuffledPairs(n_atoms, n_beads, lag, shuffle_seed), batch_size=1, batch_format="pyarrow",
+        _ShuffledPairs(n_atoms, n_beads, lag, shuffle_seed, man.has_box), batch_size=1, batch_format="pyarrow",
         zero_copy_batch=True)
 
 
 
 
-def _pair_rows(paths: list[str], n_atoms: int, n_beads: int, lag: int) -> dict[str, np.ndarray]:
-    table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS) for p in paths])
-    p = temporal_pairs(_columns(table, n_atoms, n_beads), lag)
+def _pair_rows(paths: list[str], n_atoms: int, n_beads: int, lag: int, box: bool = False) -> dict[str, np.ndarray]:
+    table = pa.concat_tables([pq.read_table(p, columns=_FRAME_COLUMNS + (["box_nm"] if box else []))
+                              for p in paths])
+    frames = _columns(table, n_atoms, n_beads)
+    if box:
+        frames["box_nm"] = table.column("box_nm").combine_chunks().values.to_numpy(
+            zero_copy_only=False).reshape(len(table), 3, 3)
+    p = temporal_pairs(frames, lag)
     n = len(p["frame"])
-    return {k: p[k].reshape(n, -1) for k in ("aa_prev", "cg", "aa")} | {"frame": p["frame"], "traj_id": p["traj_id"]}
+    keys = ("aa_prev", "cg", "aa") + (("box",) if box else ())
+    return {k: p[k].reshape(n, -1) for k in keys} | {"frame": p["frame"], "traj_id": p["traj_id"]}
+
+
+def pair_columns(box: bool) -> tuple[str, ...]:
+    """The columns of a pair data set's rows (``box``: flat [9] nm box vectors of frame t, periodic data)."""
+    return ("aa_prev", "cg", "aa", "frame") + (("box",) if box else ())
 
 
 class _TrajectoryPairs:
     """Ray Data UDF: one trajectory's shard paths in, its temporal pairs out, in time order."""
 
-    def __init__(self, n_atoms: int, n_beads: int, lag: int):
-        self.n_atoms, self.n_beads, self.lag = n_atoms, n_beads, lag
+    def __init__(self, n_atoms: int, n_beads: int, lag: int, box: bool = False):
+        self.n_atoms, self.n_beads, self.lag, self.box = n_atoms, n_beads, lag, box
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         paths = [p for ps in batch.column("paths").to_pylist() for p in ps]
-        rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag)
-        return {k: rows[k] for k in ("aa_prev", "cg", "aa", "frame")}
+        rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag, self.box)
+        return {k: rows[k] for k in pair_columns(self.box)}
 
 
 class _ShuffledPairs:
     """Ray Data UDF: part k of K in, the pairs of every trajectory whose key falls in [k/K, (k+1)/K) out,
     ordered by key. A pair's key is a function of (seed, trajectory id, frame) only."""
 
-    def __init__(self, n_atoms: int, n_beads: int, lag: int, seed: int):
-        self.n_atoms, self.n_beads, self.lag, self.seed = n_atoms, n_beads, lag, int(seed)
+    def __init__(self, n_atoms: int, n_beads: int, lag: int, seed: int, box: bool = False):
+        self.n_atoms, self.n_beads, self.lag, self.seed, self.box = n_atoms, n_beads, lag, int(seed), box
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import zlib
@@ -368,19 +381,20 @@ class _ShuffledPairs:
         k, parts = batch.column("part")[0].as_py(), batch.column("parts")[0].as_py()
         chunks, keys = [], []
         for paths in batch.column("trajs")[0].as_py():
-            rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag)
+            rows = _pair_rows(paths, self.n_atoms, self.n_beads, self.lag, self.box)
             if not len(rows["frame"]):
                 continue
             traj = zlib.crc32(str(rows["traj_id"][0]).encode())
             key = np.random.default_rng([self.seed, traj]).random(int(rows["frame"].max()) + 1)[rows["frame"]]
             mine = np.floor(key * parts).astype(int) == k
-            chunks.append({c: rows[c][mine] for c in ("aa_prev", "cg", "aa", "frame")})
+            chunks.append({c: rows[c][mine] for c in pair_columns(self.box)})
             keys.append(key[mine])
         if not chunks:
             return {"aa_prev": np.zeros((0, 3 * self.n_atoms), np.float32), "cg": np.zeros((0, 3 * self.n_beads),
-                    np.float32), "aa": np.zeros((0, 3 * self.n_atoms), np.float32), "frame": np.zeros(0, np.int32)}
+                    np.float32), "aa": np.zeros((0, 3 * self.n_atoms), np.float32), "frame": np.zeros(0, np.int32)
+                    } | ({"box": np.zeros((0, 9), np.float32)} if self.box else {})
         order = np.argsort(np.concatenate(keys), kind="stable")
-        return {c: np.concatenate([ch[c] for ch in chunks])[order] for c in ("aa_prev", "cg", "aa", "frame")}
+        return {c: np.concatenate([ch[c] for ch in chunks])[order] for c in pair_columns(self.box)}
 
 
 def unflatten_pair_batch(batch: dict, n_atoms: int, n_beads: int):

@@ -1,6 +1,7 @@
 """The evaluation job against a real MLflow server: baselines fitted, logged, evaluated, ranked."""
 
 import json
+import math
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ import pytest
 
 from finegrain.platform.services.tracking import Tracker
 from finegrain.platform.apps.evaluation import evaluate
-from finegrain.platform.apps.leaderboard import composite_score, leaderboard
+from finegrain.platform.apps.leaderboard import composite_score, leaderboard, leaderboard_rows
 from finegrain.datasets.shards import Manifest
 from finegrain.platform.science.errors import InputError
 from finegrain.datasets.systems import get_system
@@ -141,6 +142,74 @@ def test_composite_is_the_mean_log_ratio_to_the_floor():
     assert terms == pytest.approx({"js_bonds": 1.0, "js_angles": 0.0, "rmsd_cg_nm": 1.0}) and comp == pytest.approx(2 / 3)
     comp_t, terms_t = composite_score(m, temporal=True)  # velocities count only for temporal models
     assert terms_t["js_velocity"] == pytest.approx(3.0) and comp_t == pytest.approx(5 / 4)
+
+
+#: a molecule's evaluation (no periodic box: no RDF or CG-force metrics)
+MOLECULE = {"rmsd_cg_nm": 0.02, "rmsd_cg_nm_floor": 1e-9, "js_bonds": 0.05, "js_bonds_floor": 0.001,
+            "js_angles": 0.003, "js_angles_floor": 0.001, "w1_energy_kj_mol": 2.0, "w1_energy_kj_mol_floor": 0.5,
+            "energy_p99_excess_kj_mol": 0.5, "energy_p99_excess_kj_mol_floor": 0.2, "clash_score": 0.0,
+            "clash_score_floor": 0.0}
+#: the same plus what a periodic evaluation logs; the bead RDF (input, round-off) and force W1 must not count
+CONDENSED = {**MOLECULE, "aa_rdf_w1_nm": 0.04, "aa_rdf_w1_nm_floor": 0.002, "cg_js_force_magnitude": 0.3,
+             "cg_js_force_magnitude_floor": 0.003, "cg_rdf_w1_nm": 1e-9, "cg_rdf_w1_nm_floor": 1e-3,
+             "cg_rdf_js": 0.0, "cg_rdf_js_floor": 1e-4, "w1_force_magnitude_kj_mol_nm": 500.0,
+             "cg_w1_force_magnitude_kj_mol_nm": 500.0, "aa_rdf_js": 0.5, "aa_rdf_js_floor": 0.001}
+#: by hand: log10(max(1, value / max(floor, tolerance))) of each term of MOLECULE
+MOLECULE_TERMS = {"rmsd_cg_nm": math.log10(0.02 / 0.005),       # floor below the 0.005 nm tolerance
+                  "js_bonds": math.log10(0.05 / 0.001), "js_angles": math.log10(0.003 / 0.001),
+                  "w1_energy_kj_mol": math.log10(2.0 / 0.5),
+                  "energy_p99_excess_kj_mol": 0.0,                 # 0.5 / max(0.2, 1.0) < 1
+                  "clash_score": 0.0}                              # 0 / max(0, 0.1): log10(1), not -inf
+
+
+def test_a_molecules_composite_has_no_condensed_terms():
+    comp, terms = composite_score(MOLECULE, temporal=False)
+    assert terms == pytest.approx(MOLECULE_TERMS)
+    assert comp == pytest.approx((math.log10(4) + math.log10(50) + math.log10(3) + math.log10(4)) / 6)
+    comp_t, _ = composite_score(MOLECULE, temporal=True)  # no velocity JS logged: the same
+    assert comp_t == pytest.approx(comp)
+    header, body = leaderboard_rows([{"model_label": "m", "composite": comp, **MOLECULE}])
+    names = [row[0] for row in body]
+    assert "aa_rdf_w1_nm" not in names and "cg_js_force_magnitude" not in names  # the table is unchanged too
+    assert names[0] == "composite (see docs)" and "clash_score" in names and "kl_fes" in names
+
+
+def test_the_condensed_phase_counts_the_atom_rdf_and_the_cg_force_js():
+    comp, terms = composite_score(CONDENSED, temporal=False)
+    expected = {**MOLECULE_TERMS, "aa_rdf_w1_nm": math.log10(0.04 / 0.002),          # 20x the floor
+                "cg_js_force_magnitude": math.log10(0.3 / 0.003)}                    # 100x the floor
+    assert terms == pytest.approx(expected)  # no cg_rdf_*, aa_rdf_js or force W1 among the terms
+    by_hand = (math.log10(4) + math.log10(50) + math.log10(3) + math.log10(4) + 0 + 0 + math.log10(20) + 2.0) / 8
+    assert comp == pytest.approx(by_hand)
+    assert comp != pytest.approx(composite_score(MOLECULE, temporal=False)[0])
+    # a model on the floor of both scores 0 on them (value 0 included: log10(1), never -inf)
+    at_floor = {**CONDENSED, "aa_rdf_w1_nm": 0.0, "cg_js_force_magnitude": 0.002}
+    _, t0 = composite_score(at_floor, temporal=False)
+    assert t0["aa_rdf_w1_nm"] == 0.0 and t0["cg_js_force_magnitude"] == 0.0
+    row = {"model_label": "nullspace", "composite": comp, **CONDENSED, "aa_rdf_w1_nm_ci_lo": 0.035,
+           "aa_rdf_w1_nm_ci_hi": 0.045, "aa_rdf_w1_nm_floor_ci_lo": 0.001, "aa_rdf_w1_nm_floor_ci_hi": 0.003}
+    header, body = leaderboard_rows([row, {"model_label": "molecule-like", "composite": 0.0, **MOLECULE}])
+    cells = {line[0]: line[1:] for line in body}
+    assert header == ["metric", "floor [95 % CI]", "nullspace", "molecule-like"]
+    assert cells["composite (see docs)"] == ["0", f"{comp:.3f}", "0.000"]
+    assert cells["aa_rdf_w1_nm"] == ["0.002 [0.001, 0.003]", "0.04 [0.035, 0.045] 20x", "-"]
+    assert cells["cg_js_force_magnitude"] == ["0.003", "0.3 1e+02x", "-"]  # the ratio in the usual .2g
+    assert not any(name.startswith("cg_rdf") for name in cells)
+
+
+def test_a_condensed_term_without_floor_is_judged_against_its_tolerance():
+    m = {k: v for k, v in CONDENSED.items() if k not in ("aa_rdf_w1_nm_floor", "cg_js_force_magnitude_floor")}
+    comp, terms = composite_score(m, temporal=False)
+    # as for the other terms: no floor -> max(floor, tolerance) is the tolerance (0.001 nm, 1e-4 nats)
+    assert terms["aa_rdf_w1_nm"] == pytest.approx(math.log10(0.04 / 0.001))
+    assert terms["cg_js_force_magnitude"] == pytest.approx(math.log10(0.3 / 1e-4))
+    by_hand = (math.log10(4) + math.log10(50) + math.log10(3) + math.log10(4) + math.log10(40)
+               + math.log10(3000)) / 8
+    assert comp == pytest.approx(by_hand)
+    nan_floor = {**CONDENSED, "aa_rdf_w1_nm_floor": math.nan}  # a non-finite floor reads as missing
+    assert composite_score(nan_floor, temporal=False)[1]["aa_rdf_w1_nm"] == pytest.approx(math.log10(40))
+    cells = {line[0]: line[1:] for line in leaderboard_rows([{"model_label": "x", "composite": comp, **m}])[1]}
+    assert cells["aa_rdf_w1_nm"] == ["-", "0.04"]  # no floor logged: no ratio shown
 
 
 def test_shard_reference_can_be_restricted_to_a_split(adp_shards, baselines):

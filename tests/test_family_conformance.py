@@ -97,7 +97,7 @@ def _registered_class(family: str) -> type:
 
 def _dtype(bm) -> np.dtype:
     """The dtype the family computes in (float32 networks, float64 baselines)."""
-    for attr in ("flow", "model"):
+    for attr in ("flow", "model", "nets"):
         net = getattr(bm, attr, None)
         if isinstance(net, torch.nn.Module):
             return np.dtype(str(next(iter(net.state_dict().values())).dtype).replace("torch.", ""))

@@ -139,6 +139,9 @@ FAMILIES: dict[str, Family] = {
     "ic": Family("finegrain.trainables.ic.backmapper:ICBackmapper",
                  "finegrain.trainables.ic.train_config:ICTrainConfig", "finegrain.trainables.ic.train:fit_detailed",
                  conformance="finegrain.trainables.ic.conformance:CONFORMANCE"),
+    "dbm": Family("finegrain.trainables.dbm.backmapper:DBMBackmapper",
+                  "finegrain.trainables.dbm.train_config:DBMTrainConfig", "finegrain.trainables.dbm.train:fit_detailed",
+                  conformance="finegrain.trainables.dbm.conformance:CONFORMANCE", periodic=True),
 }
 
 def check_family_handles(family: str, periodic: bool, source: str) -> None:
@@ -204,6 +207,20 @@ class Backmapper(ABC):
                     prev_aa_xyz: np.ndarray | None = None) -> np.ndarray:
         """[T, n_beads, 3] nm -> [n_samples, T, n_atoms, 3] nm."""
 
+    def backmap_in_box(self, cg_xyz: np.ndarray, box_nm: np.ndarray, n_samples: int = 1,
+                       seed: int | None = None) -> np.ndarray:
+        """Periodic frames: [T, n_beads, 3] nm with box vectors [T, 3, 3] nm -> [n_samples, T, n_atoms, 3] nm.
+
+        The default checks the boxes and backmaps with :meth:`backmap_xyz`: right for families whose output
+        does not depend on other molecules (the molecule-wise null-space baseline). Families that see their
+        neighbours (DeepBackmap's environments) override it and use the box.
+        """
+        cg = self.check_cg(cg_xyz)
+        box = np.asarray(box_nm, dtype=np.float64)
+        if box.shape != (cg.shape[0], 3, 3) or not np.isfinite(box).all():
+            raise InputError(f"box_nm: expected finite box vectors [{cg.shape[0]}, 3, 3] (nm), got shape {box.shape}")
+        return self.backmap_xyz(cg, n_samples=n_samples, seed=seed)
+
     def backmap_trajectories(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None) -> np.ndarray:
         """M independent CG trajectories of equal length in one call: [M, T, n, 3] -> [M, K, T, N, 3] nm.
 
@@ -268,6 +285,9 @@ class Backmapper(ABC):
     def backmap(self, cg_traj, n_samples: int = 1, seed: int | None = None) -> list:
         """Backmap a CG ``mdtraj.Trajectory``; returns ``n_samples`` AA trajectories.
 
+        A CG trajectory with unit cells is periodic: it goes through :meth:`backmap_in_box` and the AA
+        trajectories keep its cells.
+
         The CG topology must name the mapping's beads (see
         ``CGMapping.matches_bead_names``; ``CGMapping.cg_topology`` writes such a
         topology); a count or name mismatch is refused naming both.
@@ -283,9 +303,17 @@ class Backmapper(ABC):
             )
         if not self.mapping.matches_bead_names(cg_traj.topology):
             raise InputError(f"cg_traj: bead names {names} do not match the model's mapping '{self.mapping.name}' {expected}")
-        xyz = self.backmap_xyz(self.check_cg(cg_traj.xyz, "cg_traj"), n_samples=n_samples, seed=seed)
+        cg = self.check_cg(cg_traj.xyz, "cg_traj")
+        box = cg_traj.unitcell_vectors
+        if box is None:
+            xyz = self.backmap_xyz(cg, n_samples=n_samples, seed=seed)
+        else:
+            xyz = self.backmap_in_box(cg, box.astype(np.float64), n_samples=n_samples, seed=seed)
         time = cg_traj.time if cg_traj.time is not None else None
-        return [md.Trajectory(xyz[k].astype(np.float32), self.topology, time=time) for k in range(xyz.shape[0])]
+        cells = {} if box is None else {"unitcell_lengths": cg_traj.unitcell_lengths,
+                                        "unitcell_angles": cg_traj.unitcell_angles}
+        return [md.Trajectory(xyz[k].astype(np.float32), self.topology, time=time, **cells)
+                for k in range(xyz.shape[0])]
 
     def save(self, folder: str | Path) -> Path:
         """Write the model as plain files (see module docstring)."""

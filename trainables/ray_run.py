@@ -105,7 +105,7 @@ def load_training_data(config) -> TrainingData:
     def pairs(split: str):
         shuffle = d.seed if split == "train" and d.global_shuffle else None
         ds = pair_dataset(shards, split, lag=d.lag, seed=d.seed, fractions=tuple(d.fractions), shuffle_seed=shuffle)
-        ds = ds.select_columns(["aa_prev", "cg", "aa"])
+        ds = ds.select_columns(["aa_prev", "cg", "aa"] + (["box"] if man.has_box else []))
         return ds.materialize() if d.materialize else ds
 
     data_ctx = ray.data.DataContext.get_current()

@@ -115,13 +115,18 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
 
 
 def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_samples: int = 1,
-                         seed: int = 0) -> tuple[np.ndarray, float]:
-    """Backmap each trajectory (frames in order) separately: [K, F, N, 3] nm and seconds spent."""
+                         seed: int = 0, box_nm: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Backmap each trajectory (frames in order) separately: [K, F, N, 3] nm and seconds spent.
+
+    box_nm : [F, 3, 3] nm, periodic frames' boxes (``Backmapper.backmap_in_box``), or None."""
     out = np.empty((n_samples, cg_xyz.shape[0], model.mapping.n_atoms, 3), np.float32)
     t0 = time.perf_counter()
     for k, tid in enumerate(dict.fromkeys(np.asarray(traj_id).tolist())):
         rows = np.flatnonzero(np.asarray(traj_id) == tid)
-        out[:, rows] = model.backmap_xyz(cg_xyz[rows], n_samples=n_samples, seed=seed + k)
+        if box_nm is None:
+            out[:, rows] = model.backmap_xyz(cg_xyz[rows], n_samples=n_samples, seed=seed + k)
+        else:
+            out[:, rows] = model.backmap_in_box(cg_xyz[rows], box_nm[rows], n_samples=n_samples, seed=seed + k)
     return out, time.perf_counter() - t0
 
 
@@ -230,7 +235,7 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         raise InputError(f"reference {reference}: {exc}") from exc
     if cg is None:
         cg_xyz, cg_tid, kind = ref.cg_xyz_nm, ref.traj_id, "in-distribution"
-        cg_hash = data_hash
+        cg_hash, cg_box = data_hash, ref.box_nm
     else:
         if cg_top is None:
             raise ValueError("cg: a CG trajectory needs --cg-top")
@@ -238,8 +243,9 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         names = None if bm.mapping.matches_bead_names(cg_traj.topology) else [a.name for a in cg_traj.topology.atoms]
         cg_xyz = bm.check_cg(cg_traj.xyz, f"cg {cg}", bead_names=names)
         cg_tid, kind = np.full(cg_traj.n_frames, Path(cg).stem), "generalization"
+        cg_box = None if cg_traj.unitcell_vectors is None else cg_traj.unitcell_vectors.astype(np.float64)
         cg_hash = hashlib.sha256(cg_xyz.tobytes()).hexdigest()[:16]
-    samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed)
+    samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed, cg_box)
     label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
     if refine:
         t0 = time.perf_counter()

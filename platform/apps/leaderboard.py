@@ -13,6 +13,21 @@ term scores 1. Terms: CG-RMSD, heavy-atom bond JS, angle JS, energy W1 and
 p99 excess, clash score, and the velocity JS for temporal models (those that
 backmap frames in sequence; frame-independent models are not judged on
 time correlations they never claim).
+
+Condensed phase (periodic systems, e.g. liquid cumene): where the evaluation
+logged them (:func:`finegrain.platform.science.metrics.evaluate_frames`), two
+more terms count, :data:`CONDENSED_TERMS`: the headline atom RDF distance
+``aa_rdf_w1_nm`` (W1 of the intermolecular element-pair g(r), nm; tolerance
+0.001 nm, a fifth of the RDF bin) and ``cg_js_force_magnitude``, the JS of the
+CG-projected force magnitudes (nats; the 1e-4 tolerance of the other JS
+terms). Molecules never log them, so their composite is unchanged. The bead
+RDFs (``cg_rdf_*``) are left out on purpose: the CG beads are the model's
+input, so a model that keeps them (every CG-consistent one, even one that
+places atoms at random around the beads) scores 0 there, and the term would
+only dilute the mean towards 0 without telling models apart.
+
+A term whose value is 0 (or below its floor) scores log10(1) = 0, never -inf;
+a missing or non-finite floor falls back to the tolerance alone.
 """
 
 from __future__ import annotations
@@ -25,24 +40,28 @@ from finegrain.platform.science.metrics import plots
 from finegrain.platform.services.tracking import Tracker
 
 
-__all__ = ["COMPOSITE_TERMS", "TEMPORAL_TERMS", "composite_score", "leaderboard", "leaderboard_text",
-           "log_leaderboard"]
+__all__ = ["COMPOSITE_TERMS", "TEMPORAL_TERMS", "CONDENSED_TERMS", "composite_score", "leaderboard",
+           "leaderboard_rows", "leaderboard_text", "log_leaderboard"]
 
 #: term -> tolerance used where the floor is smaller (same unit as the metric).
 COMPOSITE_TERMS = {"rmsd_cg_nm": 0.005, "js_bonds": 1e-4, "js_angles": 1e-4, "w1_energy_kj_mol": 0.1,
                    "energy_p99_excess_kj_mol": 1.0, "clash_score": 0.1}
 TEMPORAL_TERMS = {"js_velocity": 1e-4}
+#: Condensed-phase terms, counted where the evaluation logged them (periodic systems only); not ``cg_rdf_*``
+#: (the beads are the input: a model that keeps them scores 0 there, see the module docstring).
+CONDENSED_TERMS = {"aa_rdf_w1_nm": 1e-3, "cg_js_force_magnitude": 1e-4}
 _SUFFIXES = ("", "_ci_lo", "_ci_hi", "_floor", "_floor_ci_lo", "_floor_ci_hi")
 #: Shown under the composite, each with its interval and floor.
 SHOWN = ("rmsd_cg_nm", "js_bonds", "js_angles", "js_dihedrals", "mae_constrained_bond_nm", "bond_score",
-         "w1_energy_kj_mol", "energy_p99_excess_kj_mol", "clash_score", "kl_fes", "its_ratio_1", "js_velocity",
-         "diversity_score", "n_frames", "frames_per_s")
+         "w1_energy_kj_mol", "energy_p99_excess_kj_mol", "clash_score", *CONDENSED_TERMS, "kl_fes", "its_ratio_1",
+         "js_velocity", "diversity_score", "n_frames", "frames_per_s")
 
 
 def composite_score(metrics: dict, temporal: bool) -> tuple[float, dict[str, float]]:
     """(composite, {term: log10 ratio}) of one evaluation's metrics (see the module docstring); terms
-    missing from ``metrics`` are left out of the mean, NaN when none is there."""
-    terms = {**COMPOSITE_TERMS, **(TEMPORAL_TERMS if temporal else {})}
+    missing from ``metrics`` are left out of the mean, NaN when none is there (so the condensed-phase terms
+    count only where logged)."""
+    terms = {**COMPOSITE_TERMS, **CONDENSED_TERMS, **(TEMPORAL_TERMS if temporal else {})}
     parts = {}
     for name, scale in terms.items():
         value = metrics.get(name)
@@ -105,10 +124,13 @@ def _cell(row: dict, k: str) -> str:
 
 def leaderboard_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the leaderboard as text cells: one row per metric, one column per model, and a
-    column with the reference floor of each metric (the same data for every model)."""
+    column with the reference floor of each metric (the same data for every model). The condensed-phase
+    rows appear only where some model logged them (a molecule's table is unchanged)."""
     header = ["metric", "floor [95 % CI]"] + [r["model_label"] for r in rows]
     body = [["composite (see docs)", "0"] + [f"{r['composite']:.3f}" for r in rows]]
     for k in SHOWN:
+        if k in CONDENSED_TERMS and all(r.get(k) is None and r.get(f"{k}_floor") is None for r in rows):
+            continue
         first = next((r for r in rows if r.get(f"{k}_floor") is not None), None)
         floor = "-" if first is None else (f"{first[f'{k}_floor']:.3g}" + _ci({k: 0, **{
             f"{k}_ci_lo": first.get(f"{k}_floor_ci_lo"), f"{k}_ci_hi": first.get(f"{k}_floor_ci_hi")}}, k))
