@@ -143,3 +143,21 @@ def test_adp_dbm_trains_on_ray_train_logs_to_mlflow_and_reloads(stack, adp_shard
     xyz = bm.backmap_xyz(fr["cg_xyz_nm"][:3], n_samples=2, seed=3)
     assert xyz.shape == (2, 3, bm.topology.n_atoms, 3) and np.isfinite(xyz).all()
     np.testing.assert_array_equal(xyz, bm.backmap_xyz(fr["cg_xyz_nm"][:3], n_samples=2, seed=3))
+
+
+def test_transfer_is_a_declared_capability(cumene):
+    """Only families that declare Family.transfers move onto another system; dbm brings the target's force field."""
+    from finegrain.trainables.protocol import FAMILIES
+
+    adp = get_system("adp")
+    mapping = adp.mapping("backbone6")
+    x = adp.positions_nm.astype(np.float64)[None].repeat(4, 0)
+    ic = FAMILIES["ic"].load_conformance().build(adp.md_topology, mapping, x, "float32", "adp")
+    with pytest.raises(InputError, match="family 'ic' cannot backmap another topology.*families that transfer: dbm"):
+        ic.for_system("cumene", "three_bead")
+    liquid = _model(cumene["ref"].md_topology, cumene["mapping"])
+    moved = liquid.for_system("cumene", "three_bead")
+    assert moved.periodic and moved.info["system"] == "cumene"
+    # the prior's Lennard-Jones comes from CHARMM's tabulated force: every atom has a positive epsilon
+    assert (np.asarray(moved.energy_parameters["nb_epsilon"]) > 0).all()
+    assert [FAMILIES[f].transfers for f in FAMILIES] == [f == "dbm" for f in FAMILIES]

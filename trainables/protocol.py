@@ -94,6 +94,9 @@ class Family:
         latent ``prior`` and ``project_cg``; the CLI and Serve check here, never with ``hasattr``.
     periodic : it models a condensed phase (many molecules in a periodic box, shards with ``box_nm``);
         training a family that does not on such data is refused with an error saying why.
+    transfers : a trained model can backmap another topology (another molecule, a bigger box) whose atom and
+        bead types it knows (:meth:`Backmapper.for_system`); the others are tied to the topology they were
+        trained on and refuse with an error saying why.
     conformance : "module:NAME" of its :class:`Conformance`: the capabilities it declares (equivariance,
         frame independence, how closely outputs map onto the CG) and a small-model builder to check them.
         Capabilities are declared, not discovered; a family without one fails the conformance tests.
@@ -105,6 +108,7 @@ class Family:
     options: tuple[str, ...] = ()
     conformance: str | None = None
     periodic: bool = False
+    transfers: bool = False
 
     @property
     def trainable(self) -> bool:
@@ -141,7 +145,7 @@ FAMILIES: dict[str, Family] = {
                  conformance="finegrain.trainables.ic.conformance:CONFORMANCE"),
     "dbm": Family("finegrain.trainables.dbm.backmapper:DBMBackmapper",
                   "finegrain.trainables.dbm.train_config:DBMTrainConfig", "finegrain.trainables.dbm.train:fit_detailed",
-                  conformance="finegrain.trainables.dbm.conformance:CONFORMANCE", periodic=True),
+                  conformance="finegrain.trainables.dbm.conformance:CONFORMANCE", periodic=True, transfers=True),
 }
 
 def check_family_handles(family: str, periodic: bool, source: str) -> None:
@@ -206,6 +210,15 @@ class Backmapper(ABC):
     def backmap_xyz(self, cg_xyz: np.ndarray, n_samples: int = 1, seed: int | None = None,
                     prev_aa_xyz: np.ndarray | None = None) -> np.ndarray:
         """[T, n_beads, 3] nm -> [n_samples, T, n_atoms, 3] nm."""
+
+    def for_system(self, system: str, mapping: str) -> "Backmapper":
+        """This model on another reference system's topology, mapping and force field (chemical or size
+        transfer). Only families that declare ``Family.transfers`` override it; the others refuse (InputError
+        naming the family and the ones that can)."""
+        able = ", ".join(name for name, fam in FAMILIES.items() if fam.transfers)
+        raise InputError(f"family '{self.family}' cannot backmap another topology than the one it was trained on "
+                         f"(its parameters are tied to that topology's atoms: it does not declare "
+                         f"Family.transfers); families that transfer: {able}")
 
     def backmap_in_box(self, cg_xyz: np.ndarray, box_nm: np.ndarray, n_samples: int = 1,
                        seed: int | None = None) -> np.ndarray:

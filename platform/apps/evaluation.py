@@ -114,6 +114,14 @@ def load_reference(reference: str | Path, mapping, top: str | Path | None = None
             "system": "custom", "data_hash": digest, "constraints": None}
 
 
+def parse_onto(onto: str) -> tuple[str, str]:
+    """"SYSTEM:MAPPING" -> (system, mapping); InputError naming ``--onto`` otherwise."""
+    system, sep, mapping = str(onto).partition(":")
+    if not sep or not system or not mapping:
+        raise InputError(f"--onto: expected SYSTEM:MAPPING (e.g. cumene:three_bead), got {onto!r}")
+    return system, mapping
+
+
 def backmap_trajectories(model, cg_xyz: np.ndarray, traj_id: np.ndarray, n_samples: int = 1,
                          seed: int = 0, box_nm: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Backmap each trajectory (frames in order) separately: [K, F, N, 3] nm and seconds spent.
@@ -196,7 +204,7 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
              experiment: str = EVAL_EXPERIMENT, system: str | None = None, tracker: Tracker | None = None,
              lag_ps: float | None = None, split: str = "all", min_frames: int = MIN_FES_FRAMES,
              bootstrap: int = N_BOOTSTRAP, floor_reference: str | Path | None = None,
-             refine: int = 0) -> EvalResult:
+             refine: int = 0, onto: str | None = None) -> EvalResult:
     """Backmap, compare, log (see module docstring). Returns metrics, run id and report path.
 
     tracker : where the evaluation is logged as an MLflow run and model URIs are resolved (None: nothing is
@@ -214,12 +222,17 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
     (:mod:`finegrain.platform.science.metrics.floors`).
     refine : steps of restrained minimisation (:mod:`finegrain.trainables.refine`) after backmapping;
     the result is its own leaderboard row (``LABEL+refineN``), timed with the backmapping.
+    onto : "SYSTEM:MAPPING": the model is first moved onto that reference system (``Backmapper.for_system``:
+    transfer to another molecule or box; a family that cannot refuses); its row is labelled
+    ``LABEL@SYSTEM``.
     """
     import mdtraj as md
 
     if samples < 1:
         raise ValueError(f"samples: must be >= 1, got {samples}")
     bm = load_backmapper_any(model, tracker)
+    if onto is not None:
+        bm = bm.for_system(*parse_onto(onto))
     record = None
     if split != "all":
         record = bm.recorded_split()
@@ -247,6 +260,8 @@ def evaluate(model: str, reference: str | Path, *, top: str | Path | None = None
         cg_hash = hashlib.sha256(cg_xyz.tobytes()).hexdigest()[:16]
     samples_xyz, seconds = backmap_trajectories(bm, np.asarray(cg_xyz, np.float64), cg_tid, samples, seed, cg_box)
     label = model if model.startswith("zoo:") else bm.label  # a shipped model is its own row (zoo:NAME)
+    if onto is not None:
+        label = f"{label}@{onto}"
     if refine:
         t0 = time.perf_counter()
         samples_xyz = refine_frames(samples_xyz, np.asarray(cg_xyz, np.float64), bm.mapping, system, refine)

@@ -86,6 +86,19 @@ class DBMBackmapper(Backmapper):
         self.energy = self.energy.to(device)
         return self
 
+    def for_system(self, system: str, mapping: str) -> "DBMBackmapper":
+        """This model on reference system ``system`` with its mapping ``mapping`` (a name or a mapping file) and
+        its force field's energy prior (:meth:`for_topology`; imports OpenMM)."""
+        from finegrain.datasets.systems import get_system
+        from finegrain.trainables.dbm.forcefield import prior_parameters
+
+        ref = get_system(system)
+        moved = self.for_topology(ref.md_topology, ref.mapping(mapping),
+                                  prior_parameters(ref.create_system(constraints=None)))
+        moved.info["system"] = ref.name
+        moved.info["periodic"] = ref.box_nm is not None
+        return moved
+
     def for_topology(self, topology, mapping, energy_parameters: dict[str, np.ndarray]) -> "DBMBackmapper":
         """The same networks on another topology (another molecule, a bigger box) whose atom and bead types
         they know (else InputError naming the first unknown atom or bead): chemical transfer."""

@@ -40,6 +40,9 @@ def evaluate(
                                           "test trajectories as recorded when it was trained (fractions, seed, ids)."),
     refine: int = typer.Option(0, min=0, help="Steps of restrained minimisation with the torch force field after "
                                               "backmapping; scored as its own leaderboard row (LABEL+refineN)."),
+    onto: Optional[str] = typer.Option(None, help="SYSTEM:MAPPING: move the model onto another reference system "
+                                                  "(transfer to another molecule or box; families that declare "
+                                                  "it, e.g. dbm) before backmapping its reference."),
 ) -> None:
     """Backmap, compare with the reference (structure, energies, FES, kinetics, velocities), log to MLflow."""
     from rich.console import Console
@@ -50,7 +53,7 @@ def evaluate(
 
     res = run(model, reference, top=top, cg=cg, cg_top=cg_top, samples=samples, seed=seed, out=out, lag_ps=lag_ps,
               split=split, min_frames=min_frames, bootstrap=bootstrap, floor_reference=floor_reference,
-              refine=refine, tracker=Tracker.connect(tracking_uri()))
+              refine=refine, onto=onto, tracker=Tracker.connect(tracking_uri()))
     console = Console()
     for k in sorted(res.metrics):
         console.print(f"{k:32s} {res.metrics[k]:.6g}")

@@ -60,6 +60,9 @@ def backmap(
                                               "force field (all frames and samples together)."),
     system: Optional[str] = typer.Option(None, help="System whose force field --refine uses (default: the one "
                                                     "the model was trained on)."),
+    onto: Optional[str] = typer.Option(None, help="SYSTEM:MAPPING: backmap onto another reference system's topology "
+                                                  "(transfer to another molecule or box; families that declare it, "
+                                                  "e.g. dbm); the CG file has that mapping's beads."),
 ) -> None:
     """Backmap a CG trajectory to all-atom with a trained model (here, or on a server: --endpoint)."""
     import mdtraj as md
@@ -76,6 +79,10 @@ def backmap(
         return
     cg = md.load(str(traj), top=str(top))
     bm = load_backmapper_any(model, _tracker_for(model))
+    if onto is not None:
+        from finegrain.platform.apps.evaluation import parse_onto
+
+        bm = bm.for_system(*parse_onto(onto))
     if prior is not None:
         if prior not in ("gmm", "normal") or "prior" not in FAMILIES[bm.family].options:
             raise InputError(f"prior: expected 'gmm' or 'normal' (cVAE models only), got {prior!r}")
