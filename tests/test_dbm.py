@@ -134,7 +134,8 @@ def test_adp_dbm_trains_on_ray_train_logs_to_mlflow_and_reloads(stack, adp_shard
     assert run.data.tags["family"] == "dbm" and run.data.tags["mapping"] == "backbone6"
     metrics = run.data.metrics
     assert {"critic_loss", "wasserstein", "gradient_penalty", "placement_error_nm", "val_placement_error_nm",
-            "generator_adversarial", "energy_prior"} <= set(metrics)
+            "val_bond_error_nm", "bond_error_nm", "generator_adversarial", "energy_prior"} <= set(metrics)
+    assert 0 < metrics["val_bond_error_nm"] < 0.5
     assert 0 < metrics["val_placement_error_nm"] < 1.0
     bm = load_backmapper_from_uri(lines["model uri"], Tracker(stack.mlflow_uri))
     assert bm.family == "dbm" and not bm.periodic
@@ -161,3 +162,34 @@ def test_transfer_is_a_declared_capability(cumene):
     # the prior's Lennard-Jones comes from CHARMM's tabulated force: every atom has a positive epsilon
     assert (np.asarray(moved.energy_parameters["nb_epsilon"]) > 0).all()
     assert [FAMILIES[f].transfers for f in FAMILIES] == [f == "dbm" for f in FAMILIES]
+
+
+def test_bond_error_is_zero_on_the_reference_and_mdtraj_on_a_moved_atom():
+    """The training/validation bond error against an independent mdtraj computation."""
+    import mdtraj as md
+
+    from finegrain.trainables.dbm.objective import DBMObjective
+    from finegrain.trainables.dbm.sampler import Placer
+
+    ref = get_system("adp")
+    mapping = ref.mapping("backbone6")
+    bm = _model(ref.md_topology, mapping)
+    x = torch.as_tensor(ref.positions_nm, dtype=torch.float32)[None].repeat(2, 1, 1)
+    cg = torch.as_tensor(mapping.map(ref.positions_nm.astype(np.float64)), dtype=torch.float32)[None].repeat(2, 1, 1)
+    placer = Placer(bm.nets, bm.recipe, *bm.recipe.require_types(bm.nets.atom_types, bm.nets.bead_types, "t"))
+    obj = DBMObjective(bm.nets, placer, None)
+    bead = torch.tensor([0, 2])
+    ctx = placer.context(x, cg, None, bead, torch.tensor([0.3, 1.1]), torch.ones(2, ref.n_atoms, dtype=torch.bool),
+                         reference=True)
+    assert float(obj.bond_error(ctx, ctx.own_ref, x, None).abs().max()) < 1e-6
+    moved = ctx.own_ref.clone()
+    moved[:, 0] += torch.tensor([0.02, -0.01, 0.015])  # the first atom of each bead, in its local frame
+    got = obj.bond_error(ctx, moved, x, None).numpy()
+    for k, b in enumerate(bead.tolist()):
+        atom = int(bm.recipe.bead_atoms[b, 0])
+        y = ref.positions_nm.astype(np.float64).copy()
+        y[atom] = (ctx.centre[k] + moved[k, 0] @ ctx.rot[k]).numpy()
+        touch = [(a.index, c.index) for a, c in ref.md_topology.bonds
+                 if bm.recipe.atom_bead[a.index] == b or bm.recipe.atom_bead[c.index] == b]
+        d = [md.compute_distances(md.Trajectory(z[None], ref.md_topology), touch)[0] for z in (y, ref.positions_nm)]
+        np.testing.assert_allclose(got[k], np.abs(d[0] - d[1]).mean(), atol=2e-6)

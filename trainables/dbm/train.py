@@ -6,8 +6,9 @@ energy prior's parameters from the reference system's force field, and hands bot
 batch of ``model.batch_size`` frames (CG, AA and, for a periodic box, the box) from its Ray Data shard and
 makes one :meth:`~finegrain.trainables.dbm.objective.DBMObjective.update` (a critic step; a generator step
 every ``model.n_critic``-th). Data parallel: every worker's gradients are averaged (all-reduce) before each
-optimiser step. Validation: ``val_placement_error_nm``, the mean distance between each atom the generator
-places and the reference, on the validation split (both views). Checkpoints: ``model.pt`` (both networks),
+optimiser step. Validation on the validation split (both views): ``val_bond_error_nm``, the mean error of
+the bond lengths the generated atoms make, and ``val_placement_error_nm``, the mean distance between each
+generated atom and the reference. Checkpoints: ``model.pt`` (both networks),
 ``optimizer.pt`` (both optimisers), ``energy.pt`` (the prior's parameters) and ``state.json`` (config,
 vocabularies, recipe); tensors only, ``weights_only`` loads.
 """
@@ -114,18 +115,22 @@ class _Worker(TrainWorker):
 
         self.nets.eval()
         rng = np.random.default_rng(worker_seed(self.seed, 7))
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        keys = ("placement_error_nm", "bond_error_nm")
+        sums = torch.zeros(len(keys) + 1, dtype=torch.float64, device=self.device)
         batches = ray.train.get_dataset_shard("validation").iter_torch_batches(
             batch_size=self.cfg.batch_size, dtypes=torch.float32, device=self.device)
         for k, batch in enumerate(batches):
             if k >= self.config.training.validation_batches:
                 break
             aa, cg, box = _batch(batch, self.n_atoms, self.n_beads)
-            err, n = self.objective.placement_error(aa, cg, box, rng)
-            sums += torch.tensor([err * n, n], dtype=torch.float64, device=self.device)
+            m = self.objective.placement_error(aa, cg, box, rng)
+            n = m["n_items"]
+            sums += torch.tensor([m[key] * n for key in keys] + [n], dtype=torch.float64, device=self.device)
         if self.world > 1:
             torch.distributed.all_reduce(sums)
-        return {"val_placement_error_nm": float(sums[0] / sums[1])} if sums[1] > 0 else {}
+        if sums[-1] == 0:
+            return {}
+        return {f"val_{key}": float(sums[i] / sums[-1]) for i, key in enumerate(keys)}
 
     def report(self, metrics: dict[str, float], checkpoint: bool = False, final: bool = False) -> None:
         def save(folder: Path) -> None:
