@@ -220,7 +220,7 @@ class TrainingConfigBase(_Section):
 
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"config {path}: cannot read ({exc})") from None
         return cls.from_dict(apply_overrides(data, overrides or []), source=f"config {path}")
@@ -234,8 +234,25 @@ class TrainingConfigBase(_Section):
         return type(self).from_dict(set_values(self.model_dump(mode="json", exclude_none=False), values), source)
 
 
+def yaml_load(text: str):
+    """YAML with the YAML 1.2 rule for floats: ``3e-4`` and ``1E5`` are numbers (YAML 1.1, PyYAML's default,
+    reads an exponent without a dot as a string, so ``learning_rate: 3e-4`` would be refused as text)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+        list("-+0123456789."))
+    # integers keep their own (earlier-registered) resolver: it is tried first for plain digits
+    return yaml.load(text, Loader=Loader)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """A command-line ``section.key=value`` string -> (dotted key, value parsed as YAML)."""
+    """A command-line ``section.key=value`` string -> (dotted key, value parsed as YAML, see :func:`yaml_load`)."""
     import yaml
 
     key, sep, raw = item.partition("=")
@@ -243,7 +260,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. training.max_steps=100)")
     try:
-        return key, (yaml.safe_load(raw) if raw.strip() else None)
+        return key, (yaml_load(raw) if raw.strip() else None)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
 
