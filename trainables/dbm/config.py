@@ -61,7 +61,7 @@ class DBMConfig(ModelConfig):
     noise_dim: PositiveInt = 64
     n_critic: PositiveInt = 5
     gp_weight: NonNegativeFloat = 10.0
-    learning_rate: PositiveFloat = 1e-4
+    learning_rate: PositiveFloat = 3e-4  # ADP e2e: bond error 0.040 -> 0.0045 nm in 2500 CPU steps
     beta1: UnitInterval = 0.0
     beta2: UnitInterval = 0.9
     batch_size: PositiveInt = 8
