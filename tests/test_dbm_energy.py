@@ -335,3 +335,15 @@ def test_cumene_periodic_energy_differences_match_openmm(cumene):
         again = le(torch.full((2,), b), wrapped, env, torch.as_tensor(np.tile(box, (2, 1))))
         for t in LocalEnergy.TERMS:
             assert torch.allclose(again[t], out[t], rtol=1e-10, atol=1e-8)
+
+
+def test_prior_parameters_read_charmms_tabulated_lennard_jones(cumene):
+    """forcefield.prior_parameters (what training uses) gives the same LJ and 1-4 pairs as this test's own
+    reading of the OpenMM system, which OpenMM's energies validate above."""
+    from finegrain.trainables.dbm.forcefield import prior_parameters
+
+    got = prior_parameters(cumene["ref"].create_system(constraints=None))
+    want = cumene["params"]
+    for key in ("nb_sigma", "nb_epsilon", "exc_idx", "exc_sigma", "exc_epsilon", "bond_idx", "angle_idx"):
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-12, err_msg=key)
+    assert not np.any(got["nb_charge"]) and not np.any(got["exc_charge_prod"])
