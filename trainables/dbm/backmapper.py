@@ -27,6 +27,7 @@ from finegrain.platform.science.errors import InputError
 from finegrain.trainables.checkpoints import read_checkpoint
 from finegrain.trainables.dbm.config import DBMConfig
 from finegrain.trainables.dbm.energy import LocalEnergy
+from finegrain.trainables.dbm.environment import to_global
 from finegrain.trainables.dbm.model import DBMNetworks
 from finegrain.trainables.dbm.objective import energy_of_bead
 from finegrain.trainables.dbm.recipe import DBMRecipe
@@ -171,14 +172,12 @@ class DBMBackmapper(Backmapper):
         if k > 1:
             known = present.clone()
             known.scatter_(1, own.clamp_min(0), (own >= 0))
-            e = energy_of_bead(self.energy, self.placer, ctx, steps.own_fake, xyz[f_t], box, known=known)
+            e = energy_of_bead(self.energy, ctx, steps.own_fake, xyz[f_t], box, known=known)
             total = sum(e.values()).reshape(-1, k)
             total = torch.where(torch.isfinite(total), total, torch.full_like(total, float("inf")))
             best = torch.arange(len(frame), device=dev) * k + total.argmin(dim=1)
         else:
             best = torch.arange(len(frame), device=dev)
-        from finegrain.trainables.dbm.environment import to_global
-
         pos = to_global(steps.own_fake[best], ctx.centre[best], ctx.rot[best])
         own_b = own[best]
         ok = own_b >= 0

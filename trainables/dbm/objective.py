@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from finegrain.platform.science.energies.terms import soft_cap
-from finegrain.trainables.dbm.environment import to_global
+from finegrain.trainables.dbm.environment import minimum_image, to_global
 from finegrain.trainables.dbm.sampler import Placer, Steps
 
-__all__ = ["DBMObjective", "draw_items", "present_atoms", "energy_of_bead"]
+__all__ = ["DBMObjective", "draw_items", "present_atoms", "energy_of_bead", "with_bead_atoms"]
 
 
 def draw_items(n_frames: int, n_beads: int, beads_per_frame: int, gibbs_fraction: float,
@@ -42,31 +42,35 @@ def present_atoms(recipe, bead: np.ndarray, gibbs: np.ndarray) -> np.ndarray:
     return other & (gibbs[:, None] | (atom_rank[None, :] < rank[:, None]))
 
 
-def energy_of_bead(energy, placer: Placer, ctx, own_local: torch.Tensor, aa: torch.Tensor,
-                   box: torch.Tensor | None, known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-term energies [B] (kJ/mol) of each item's bead with its atoms at ``own_local`` [B, L, 3] (local nm)
-    and every other atom where ``aa`` [B, N, 3] has it; ``known`` [B, N]: atoms that exist yet (None: all)."""
+def with_bead_atoms(ctx, own_local: torch.Tensor, aa: torch.Tensor) -> torch.Tensor:
+    """Frames ``aa`` [B, N, 3] nm with each item's bead atoms put at ``own_local`` [B, L, 3] (its local frame)."""
     own = ctx.own
     xyz = to_global(own_local, ctx.centre, ctx.rot).to(aa.dtype)
     idx = own.clamp_min(0)[..., None].expand(-1, -1, 3)
-    cur = torch.gather(aa, 1, idx)
-    put = torch.where((own >= 0)[..., None], xyz, cur)
-    full = aa.scatter(1, idx, put)
+    return aa.scatter(1, idx, torch.where((own >= 0)[..., None], xyz, torch.gather(aa, 1, idx)))
+
+
+def energy_of_bead(energy, ctx, own_local: torch.Tensor, aa: torch.Tensor, box: torch.Tensor | None,
+                   known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-term energies [B] (kJ/mol) of each item's bead with its atoms at ``own_local`` [B, L, 3] (local nm)
+    and every other atom where ``aa`` [B, N, 3] has it; ``known`` [B, N]: atoms that exist yet (None: all)."""
     env = torch.as_tensor(ctx.env_idx, device=aa.device)
-    return energy(ctx.bead, full, env, box, known=known)
+    return energy(ctx.bead, with_bead_atoms(ctx, own_local, aa), env, box, known=known)
 
 
 class DBMObjective:
     """The networks, their two Adam optimisers and the update rule (see the module docstring)."""
 
-    def __init__(self, nets, placer: Placer, energy, generator_params=None, critic_params=None):
+    def __init__(self, nets, placer: Placer, energy):
         c = nets.config
         self.nets, self.placer, self.energy, self.config = nets, placer, energy, c
-        self.opt_g = torch.optim.Adam(generator_params or nets.generator.parameters(), lr=c.learning_rate,
+        self.opt_g = torch.optim.Adam(nets.generator.parameters(), lr=c.learning_rate,
                                       betas=(c.beta1, c.beta2))
-        self.opt_c = torch.optim.Adam(critic_params or nets.critic.parameters(), lr=c.learning_rate,
+        self.opt_c = torch.optim.Adam(nets.critic.parameters(), lr=c.learning_rate,
                                       betas=(c.beta1, c.beta2))
         self.generator_steps = 0
+        #: [n_bonds, 2] atom pairs (for the bond error), on the networks' device once
+        self.bonds = torch.as_tensor(np.array(placer.recipe.bonds), dtype=torch.long, device=placer.device)
         #: called with each network's parameters after backward, before the step (data parallel: average the
         #: workers' gradients); None in one process
         self.sync = None
@@ -119,11 +123,11 @@ class DBMObjective:
         terms = {"generator_adversarial": float(adversarial.detach())}
         loss = adversarial
         if self.energy is not None:
-            e_fake = energy_of_bead(self.energy, self.placer, ctx, steps.own_fake, aa, box)
+            e_fake = energy_of_bead(self.energy, ctx, steps.own_fake, aa, box)
             cap = self.config.energy_cap
             if self.config.energy_prior == "difference":
                 with torch.no_grad():
-                    e_ref = energy_of_bead(self.energy, self.placer, ctx, ctx.own_ref, aa, box)
+                    e_ref = energy_of_bead(self.energy, ctx, ctx.own_ref, aa, box)
                 prior = sum(soft_cap((e_fake[t] - e_ref[t]).abs(), cap) for t in e_fake)
             else:
                 prior = sum(soft_cap(e_fake[t], cap) for t in e_fake)
@@ -158,13 +162,8 @@ class DBMObjective:
     def bond_error(self, ctx, own_local: torch.Tensor, aa: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
         """[B] mean |bond length with the generated atoms - reference bond length| (nm) over every bond that
         touches the item's bead: the structural error the adversarial game should drive down."""
-        from finegrain.trainables.dbm.environment import minimum_image
-
-        bonds = torch.as_tensor(np.asarray(self.placer.recipe.bonds), device=aa.device)
-        own = ctx.own
-        xyz = to_global(own_local, ctx.centre, ctx.rot).to(aa.dtype)
-        idx = own.clamp_min(0)[..., None].expand(-1, -1, 3)
-        full = aa.scatter(1, idx, torch.where((own >= 0)[..., None], xyz, torch.gather(aa, 1, idx)))
+        bonds = self.bonds
+        full = with_bead_atoms(ctx, own_local, aa)
         owner = self.placer.atom_bead[bonds]  # [n_bonds, 2]
         touches = (owner[None] == ctx.bead[:, None, None]).any(-1)  # [B, n_bonds]
 
